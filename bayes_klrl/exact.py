@@ -1,0 +1,232 @@
+r"""Exact inference by enumerating all :math:`V^T` sequences in vectorized batches.
+
+.. math::
+
+    \log Z = \log \sum_x \pi_0(x) e^{r(x)/\beta}, \qquad \pi^*(x) = \pi_0(x) e^{r(x)/\beta} / Z,
+
+and for any policy :math:`q`:
+:math:`\mathrm{ELBO}(q) = \sum_x q(x)[\log\pi_0(x) + r(x)/\beta - \log q(x)]`,
+:math:`J(q) = \sum_x q(x) r(x) - \beta\,\mathrm{KL}(q\|\pi_0)`,
+:math:`\mathrm{KL}(q\|\pi^*) = \log Z - \mathrm{ELBO}(q)`, :math:`\mathrm{KL}(\pi^*\|q)` and total variation.
+Sums are taken in float64. Tasks larger than ``max_sequences`` are refused with a :class:`ValueError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .lm import AutoregressiveLM
+from .task import DEFAULT_MAX_ENUMERATION, Task
+
+__all__ = [
+    "ExactPosterior",
+    "PolicyMetrics",
+    "enumerate_sequences",
+    "exact_posterior",
+    "exact_elbo",
+    "exact_objective",
+    "policy_metrics",
+]
+
+DEFAULT_BATCH_SIZE = 65_536
+
+
+def enumerate_sequences(vocab_size: int, length: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Sequences number ``start .. stop-1`` of all ``V^T`` in lexicographic order: LongTensor ``(stop-start, T)``.
+
+    Example::
+
+        >>> enumerate_sequences(2, 2)
+        tensor([[0, 0],
+                [0, 1],
+                [1, 0],
+                [1, 1]])
+    """
+    stop = vocab_size**length if stop is None else stop
+    codes = torch.arange(start, stop, dtype=torch.long)
+    powers = torch.tensor([vocab_size ** (length - 1 - t) for t in range(length)], dtype=torch.long)
+    return (codes[:, None] // powers) % vocab_size
+
+
+def _check_size(task: Task, max_sequences: int) -> None:
+    if task.num_sequences > max_sequences:
+        raise ValueError(
+            f"task '{task.name}' has V^T = {task.vocab_size}^{task.length} = {task.num_sequences:,} sequences, "
+            f"above the exact-enumeration limit of {max_sequences:,} (raise max_sequences, or use sampling methods)"
+        )
+
+
+def _batches(task: Task, batch_size: int):
+    for start in range(0, task.num_sequences, batch_size):
+        stop = min(start + batch_size, task.num_sequences)
+        yield enumerate_sequences(task.vocab_size, task.length, start, stop).to(task.prior.device)
+
+
+@dataclass(frozen=True)
+class ExactPosterior:
+    r"""The enumerated posterior of a task.
+
+    :ivar log_z: :math:`\log Z`.
+    :ivar expected_reward: :math:`\mathbb{E}_{\pi^*}[r]`.
+    :ivar entropy: :math:`H(\pi^*)` in nats.
+    :ivar kl_to_prior: :math:`\mathrm{KL}(\pi^* \| \pi_0)`.
+    :ivar log_prior: :math:`\log\pi_0(x)` for all sequences, float64 ``(V^T,)`` in enumeration order.
+    :ivar rewards: :math:`r(x)`, float64 ``(V^T,)``.
+    :ivar log_probs: :math:`\log\pi^*(x)`, float64 ``(V^T,)``.
+    :ivar vocab_size: :math:`V`; ``length``: :math:`T`.
+    """
+
+    log_z: float
+    expected_reward: float
+    entropy: float
+    kl_to_prior: float
+    log_prior: torch.Tensor
+    rewards: torch.Tensor
+    log_probs: torch.Tensor
+    vocab_size: int
+    length: int
+
+    def top_k(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` most probable sequences ``(k, T)`` and their probabilities ``(k,)``."""
+        probs, idx = torch.topk(self.log_probs.exp(), min(k, self.log_probs.numel()))
+        return enumerate_sequences(self.vocab_size, self.length)[idx], probs
+
+
+def _expectation(log_p: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """:math:`\\sum p\\,v` with the convention 0·(±inf) = 0."""
+    p = log_p.exp()
+    return torch.where(p > 0, p * values, torch.zeros_like(values)).sum()
+
+
+@torch.no_grad()
+def exact_posterior(
+    task: Task, *, max_sequences: int = DEFAULT_MAX_ENUMERATION, batch_size: int = DEFAULT_BATCH_SIZE
+) -> ExactPosterior:
+    r"""Enumerate the task's posterior :math:`\pi^*`.
+
+    :raises ValueError: if :math:`V^T` exceeds ``max_sequences``, or no sequence has a finite reward.
+
+    Example::
+
+        >>> post = exact_posterior(task)
+        >>> float(post.log_probs.exp().sum())
+        1.0
+    """
+    _check_size(task, max_sequences)
+    log_prior, rewards = [], []
+    for x in _batches(task, batch_size):
+        log_prior.append(task.prior.log_prob(x).double())
+        rewards.append(task.rewards(x).double())
+    log_prior, rewards = torch.cat(log_prior).cpu(), torch.cat(rewards).cpu()
+    log_joint = log_prior + rewards / task.beta
+    log_z = torch.logsumexp(log_joint, 0)
+    if not torch.isfinite(log_z):
+        raise ValueError(f"task '{task.name}': no sequence has a finite reward, the posterior is empty (log Z = -inf)")
+    log_probs = log_joint - log_z
+    return ExactPosterior(
+        log_z=float(log_z),
+        expected_reward=float(_expectation(log_probs, rewards)),
+        entropy=float(-_expectation(log_probs, log_probs)),
+        kl_to_prior=float(_expectation(log_probs, log_probs - log_prior)),
+        log_prior=log_prior,
+        rewards=rewards,
+        log_probs=log_probs,
+        vocab_size=task.vocab_size,
+        length=task.length,
+    )
+
+
+def _policy_log_probs(task: Task, policy: AutoregressiveLM, batch_size: int) -> torch.Tensor:
+    return torch.cat([policy.log_prob(x).double().cpu() for x in _batches(task, batch_size)])
+
+
+def exact_elbo(
+    task: Task, policy: AutoregressiveLM, *, max_sequences: int = DEFAULT_MAX_ENUMERATION, batch_size: int = DEFAULT_BATCH_SIZE
+) -> torch.Tensor:
+    r"""Exact, differentiable :math:`\mathrm{ELBO}(q) = \sum_x q(x)[\log\pi_0(x) + r(x)/\beta - \log q(x)]` (float64).
+
+    Example::
+
+        >>> exact_elbo(task, task.make_policy()).item() <= exact_posterior(task).log_z
+        True
+    """
+    _check_size(task, max_sequences)
+    total = torch.zeros((), dtype=torch.float64)
+    for x in _batches(task, batch_size):
+        log_q = policy.log_prob(x).double().cpu()
+        with torch.no_grad():
+            log_joint = task.prior.log_prob(x).double().cpu() + task.rewards(x).double().cpu() / task.beta
+        total = total + _expectation(log_q, log_joint - log_q)
+    return total
+
+
+def exact_objective(
+    task: Task, policy: AutoregressiveLM, *, max_sequences: int = DEFAULT_MAX_ENUMERATION, batch_size: int = DEFAULT_BATCH_SIZE
+) -> torch.Tensor:
+    r"""Exact, differentiable KL-regularized RL objective :math:`J(q) = \mathbb{E}_q[r] - \beta\,\mathrm{KL}(q\|\pi_0)`.
+
+    Computed as a reward term and a KL term, independently of :func:`exact_elbo`, so the identity
+    :math:`J = \beta\cdot\mathrm{ELBO}` can be checked numerically.
+    """
+    _check_size(task, max_sequences)
+    expected_reward = torch.zeros((), dtype=torch.float64)
+    kl = torch.zeros((), dtype=torch.float64)
+    for x in _batches(task, batch_size):
+        log_q = policy.log_prob(x).double().cpu()
+        with torch.no_grad():
+            log_prior = task.prior.log_prob(x).double().cpu()
+            r = task.rewards(x).double().cpu()
+        expected_reward = expected_reward + _expectation(log_q, r)
+        kl = kl + _expectation(log_q, log_q - log_prior)
+    return expected_reward - task.beta * kl
+
+
+@dataclass(frozen=True)
+class PolicyMetrics:
+    r"""Exact figures of a policy :math:`q` against the task's posterior (nats).
+
+    ``kl_q_to_posterior`` is ``inf`` when :math:`q` puts mass where :math:`\pi^*` has none
+    (a hard constraint that the policy does not fully respect); ``elbo`` is then ``-inf``.
+    """
+
+    elbo: float
+    objective: float
+    kl_q_to_posterior: float
+    kl_posterior_to_q: float
+    tv_to_posterior: float
+    expected_reward: float
+    kl_to_prior: float
+    entropy: float
+
+
+@torch.no_grad()
+def policy_metrics(
+    task: Task, policy: AutoregressiveLM, posterior: ExactPosterior | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE
+) -> PolicyMetrics:
+    r"""Score ``policy`` against the exact posterior (enumerated if not given).
+
+    Example::
+
+        >>> m = policy_metrics(task, task.make_policy())    # the policy starts at the prior
+        >>> round(m.kl_to_prior, 6)
+        0.0
+    """
+    posterior = posterior if posterior is not None else exact_posterior(task, batch_size=batch_size)
+    log_q = _policy_log_probs(task, policy, batch_size)
+    log_p, log_prior, r = posterior.log_probs, posterior.log_prior, posterior.rewards
+    q, p = log_q.exp(), log_p.exp()
+    elbo = _expectation(log_q, log_prior + r / task.beta - log_q)
+    expected_reward = _expectation(log_q, r)
+    kl_to_prior = _expectation(log_q, log_q - log_prior)
+    return PolicyMetrics(
+        elbo=float(elbo),
+        objective=float(expected_reward - task.beta * kl_to_prior),
+        kl_q_to_posterior=float(_expectation(log_q, log_q - log_p)),
+        kl_posterior_to_q=float(_expectation(log_p, log_p - log_q)),
+        tv_to_posterior=float(0.5 * (q - p).abs().sum()),
+        expected_reward=float(expected_reward),
+        kl_to_prior=float(kl_to_prior),
+        entropy=float(-_expectation(log_q, log_q)),
+    )

@@ -1,0 +1,7 @@
+"""Reference LMs and policies: the :class:`AutoregressiveLM` protocol and its implementations."""
+
+from .base import AutoregressiveLM, sample_categorical
+from .markov import CategoricalLM, MarkovLM
+from .tabular import TabularPolicy, num_prefixes
+
+__all__ = ["AutoregressiveLM", "CategoricalLM", "MarkovLM", "TabularPolicy", "num_prefixes", "sample_categorical"]

@@ -1,0 +1,140 @@
+r"""A task: the prior :math:`\pi_0`, the reward :math:`r`, the KL coefficient :math:`\beta` and the length :math:`T`.
+
+Together they define the target of KL-regularized RL, the posterior
+
+.. math:: \pi^*(x) = \pi_0(x)\, e^{r(x)/\beta} / Z, \qquad x \in \{0..V-1\}^T.
+
+A :class:`Task` is checked when it is made: a bad β, length or reward raises :class:`ValueError`
+naming the problem, before any training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .lm import AutoregressiveLM, TabularPolicy, num_prefixes
+
+__all__ = ["Task", "RewardError", "DEFAULT_MAX_ENUMERATION"]
+
+#: the largest number of sequences exact enumeration visits unless told otherwise (4**11)
+DEFAULT_MAX_ENUMERATION = 4_194_304
+
+RewardFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class RewardError(ValueError):
+    """The reward function returned something that is not a valid ``(N,)`` float tensor."""
+
+
+def check_rewards(rewards, num_sequences: int, *, where: str = "reward") -> torch.Tensor:
+    """Validate a reward output: a floating tensor ``(N,)`` whose values are finite or −inf.
+
+    :raises RewardError: naming the problem.
+    """
+    if not isinstance(rewards, torch.Tensor):
+        raise RewardError(f"{where} must return a torch.Tensor of shape ({num_sequences},), got {type(rewards).__name__}")
+    if not rewards.is_floating_point():
+        raise RewardError(f"{where} must return a floating-point tensor, got dtype {rewards.dtype}")
+    if tuple(rewards.shape) != (num_sequences,):
+        raise RewardError(
+            f"{where} must return shape ({num_sequences},) for {num_sequences} sequences, got {tuple(rewards.shape)}"
+        )
+    if torch.isnan(rewards).any():
+        raise RewardError(f"{where} returned NaN for {int(torch.isnan(rewards).sum())} of {num_sequences} sequences")
+    if (rewards == math.inf).any():
+        raise RewardError(f"{where} returned +inf; rewards must be finite or -inf (a hard constraint)")
+    return rewards
+
+
+@dataclass(frozen=True)
+class Task:
+    r"""The posterior :math:`\pi^* \propto \pi_0 e^{r/\beta}` over sequences of ``length`` tokens.
+
+    :param prior: the reference LM :math:`\pi_0`.
+    :param reward: ``LongTensor (N, T) -> FloatTensor (N,)``; values finite or ``-inf`` (a hard constraint).
+    :param float beta: the KL coefficient, finite and > 0.
+    :param int length: number of tokens :math:`T` per sequence, ≥ 1.
+    :param str name: a short name used in outputs.
+    :param decode: optional ``LongTensor (N, T) -> list[str]`` for word tasks.
+
+    Example::
+
+        >>> prior = MarkovLM.random(4, seed=0)
+        >>> task = Task(prior=prior, reward=lambda x: (x == 0).sum(-1).float(), beta=0.5, length=3)
+        >>> task.num_sequences
+        64
+    """
+
+    prior: AutoregressiveLM
+    reward: RewardFn
+    beta: float
+    length: int
+    name: str = "task"
+    decode: Callable[[torch.Tensor], list[str]] | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.prior, AutoregressiveLM):
+            raise ValueError(f"prior must be a bayes_klrl.lm.AutoregressiveLM, got {type(self.prior).__name__}")
+        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)):
+            raise ValueError(f"beta must be a number, got {self.beta!r}")
+        if not math.isfinite(self.beta) or self.beta <= 0:
+            raise ValueError(f"beta must be finite and > 0, got {self.beta}")
+        if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 1:
+            raise ValueError(f"length must be an integer >= 1, got {self.length!r}")
+        if not callable(self.reward):
+            raise ValueError(f"reward must be callable, got {type(self.reward).__name__}")
+        object.__setattr__(self, "beta", float(self.beta))
+        self.prior.frozen()
+        # one probe call so a wrong shape, dtype or NaN is caught before any run
+        probe = self.prior.sample(4, self.length, generator=torch.Generator(self.prior.device).manual_seed(0))
+        self.rewards(probe)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.prior.vocab_size
+
+    @property
+    def num_sequences(self) -> int:
+        """Size of the sequence space, :math:`V^T` (a Python int, never overflows)."""
+        return self.vocab_size**self.length
+
+    def is_enumerable(self, max_sequences: int = DEFAULT_MAX_ENUMERATION) -> bool:
+        return self.num_sequences <= max_sequences
+
+    def rewards(self, sequences: torch.Tensor) -> torch.Tensor:
+        """:math:`r(x)`, checked: ``(N,)``, floating, finite or −inf."""
+        try:
+            out = self.reward(sequences)
+        except RewardError:
+            raise
+        except Exception as exc:  # a user's reward raising is reported with its message
+            raise RewardError(f"reward function raised {type(exc).__name__}: {exc}") from exc
+        return check_rewards(out, sequences.shape[0])
+
+    def log_likelihood(self, sequences: torch.Tensor) -> torch.Tensor:
+        r""":math:`r(x)/\beta`, shape ``(N,)``."""
+        return self.rewards(sequences) / self.beta
+
+    def replace(self, **changes) -> Task:
+        """A copy with some fields changed (validated again), e.g. ``task.replace(beta=0.1)``."""
+        return dataclasses.replace(self, **changes)
+
+    def make_policy(self, kind: str = "auto") -> AutoregressiveLM:
+        """A trainable policy initialized at the prior.
+
+        :param kind: ``"tabular"`` (one row of logits per prefix: can represent π* exactly),
+            ``"copy"`` (a trainable copy of the prior's own architecture), or ``"auto"``:
+            tabular when its table holds at most 2 million logits, else copy.
+        """
+        if kind == "auto":
+            kind = "tabular" if num_prefixes(self.vocab_size, self.length) * self.vocab_size <= 2_000_000 else "copy"
+        if kind == "tabular":
+            return TabularPolicy(self.prior, self.length)
+        if kind == "copy":
+            return self.prior.trainable_copy()
+        raise ValueError(f"unknown policy kind {kind!r}; choose 'auto', 'tabular' or 'copy'")
