@@ -143,7 +143,11 @@ def _policy_log_probs(task: Task, policy: AutoregressiveLM, batch_size: int) -> 
 
 
 def exact_elbo(
-    task: Task, policy: AutoregressiveLM, *, max_sequences: int = DEFAULT_MAX_ENUMERATION, batch_size: int = DEFAULT_BATCH_SIZE
+    task: Task,
+    policy: AutoregressiveLM,
+    *,
+    max_sequences: int = DEFAULT_MAX_ENUMERATION,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> torch.Tensor:
     r"""Exact, differentiable :math:`\mathrm{ELBO}(q) = \sum_x q(x)[\log\pi_0(x) + r(x)/\beta - \log q(x)]` (float64).
 
@@ -163,7 +167,11 @@ def exact_elbo(
 
 
 def exact_objective(
-    task: Task, policy: AutoregressiveLM, *, max_sequences: int = DEFAULT_MAX_ENUMERATION, batch_size: int = DEFAULT_BATCH_SIZE
+    task: Task,
+    policy: AutoregressiveLM,
+    *,
+    max_sequences: int = DEFAULT_MAX_ENUMERATION,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> torch.Tensor:
     r"""Exact, differentiable KL-regularized RL objective :math:`J(q) = \mathbb{E}_q[r] - \beta\,\mathrm{KL}(q\|\pi_0)`.
 
@@ -203,7 +211,11 @@ class PolicyMetrics:
 
 @torch.no_grad()
 def policy_metrics(
-    task: Task, policy: AutoregressiveLM, posterior: ExactPosterior | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE
+    task: Task,
+    policy: AutoregressiveLM,
+    posterior: ExactPosterior | None = None,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> PolicyMetrics:
     r"""Score ``policy`` against the exact posterior (enumerated if not given).
 

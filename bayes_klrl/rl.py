@@ -92,7 +92,11 @@ class ReinforceTrainer(_TorchOptimizerMixin, Trainer):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"objective_estimate": float(shaped.mean()), "reward_mean": float(r.mean()), "kl_estimate": float(kl.mean())}
+        return {
+            "objective_estimate": float(shaped.mean()),
+            "reward_mean": float(r.mean()),
+            "kl_estimate": float(kl.mean()),
+        }
 
 
 class PPOTrainer(_TorchOptimizerMixin, Trainer):

@@ -19,12 +19,16 @@ import torch
 
 from .lm import AutoregressiveLM, TabularPolicy, num_prefixes
 
-__all__ = ["Task", "RewardError", "DEFAULT_MAX_ENUMERATION"]
+__all__ = ["Task", "RewardError", "BayesKLRLWarning", "DEFAULT_MAX_ENUMERATION", "check_rewards"]
 
 #: the largest number of sequences exact enumeration visits unless told otherwise (4**11)
 DEFAULT_MAX_ENUMERATION = 4_194_304
 
 RewardFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class BayesKLRLWarning(UserWarning):
+    """Warnings this package raises (the test suite turns them into errors)."""
 
 
 class RewardError(ValueError):
@@ -37,7 +41,9 @@ def check_rewards(rewards, num_sequences: int, *, where: str = "reward") -> torc
     :raises RewardError: naming the problem.
     """
     if not isinstance(rewards, torch.Tensor):
-        raise RewardError(f"{where} must return a torch.Tensor of shape ({num_sequences},), got {type(rewards).__name__}")
+        raise RewardError(
+            f"{where} must return a torch.Tensor of shape ({num_sequences},), got {type(rewards).__name__}"
+        )
     if not rewards.is_floating_point():
         raise RewardError(f"{where} must return a floating-point tensor, got dtype {rewards.dtype}")
     if tuple(rewards.shape) != (num_sequences,):

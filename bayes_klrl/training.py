@@ -9,9 +9,7 @@ continues from the checkpoint to the same final parameters as an uninterrupted r
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -22,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .lm import AutoregressiveLM
+from .storage import save_torch
 from .task import Task
 
 __all__ = ["Trainer", "FitResult", "fit", "CHECKPOINT_NAME"]
@@ -83,20 +82,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never a truncated file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def fit(
     trainer: Trainer,
     *,
@@ -155,7 +140,7 @@ def fit(
     def save(step: int) -> None:
         if ckpt_path is None:
             return
-        atomic_save(
+        save_torch(
             {
                 "method": trainer.method,
                 "step": step,

@@ -9,4 +9,6 @@ from bayes_klrl.rewards import KeywordConstraint
 
 def task(beta: float = 1.0, length: int = 6, seed: int = 1) -> Task:
     prior = MarkovLM.random(6, concentration=1.0, seed=seed)
-    return Task(prior=prior, reward=KeywordConstraint(keywords=(5,)), beta=beta, length=length, name="markov_constraint")
+    return Task(
+        prior=prior, reward=KeywordConstraint(keywords=(5,)), beta=beta, length=length, name="markov_constraint"
+    )

@@ -23,7 +23,7 @@ from __future__ import annotations
 import pyro
 import pyro.optim
 import torch
-from pyro.infer import SVI, ELBO, Trace_ELBO, TraceGraph_ELBO
+from pyro.infer import ELBO, SVI, Trace_ELBO, TraceGraph_ELBO
 from pyro.infer.enum import get_importance_trace
 
 from ..estimators import floor_infeasible, leave_one_out_baseline
@@ -128,7 +128,15 @@ class SVITrainer(Trainer):
 
     method = "svi"
 
-    def __init__(self, task: Task, policy: AutoregressiveLM, num_sequences: int = 1024, *, lr: float = 0.02, estimator: str = "loo"):
+    def __init__(
+        self,
+        task: Task,
+        policy: AutoregressiveLM,
+        num_sequences: int = 1024,
+        *,
+        lr: float = 0.02,
+        estimator: str = "loo",
+    ):
         super().__init__(task, policy, num_sequences)
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")

@@ -69,9 +69,7 @@ class AutoregressiveLM(nn.Module):
         return torch.device("cpu")
 
     @torch.no_grad()
-    def sample(
-        self, num_sequences: int, length: int, *, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def sample(self, num_sequences: int, length: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``num_sequences`` sequences of ``length`` tokens: LongTensor ``(N, T)``.
 
         Example::

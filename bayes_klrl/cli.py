@@ -1,0 +1,175 @@
+"""The ``bayes-klrl`` command line (also ``python -m bayes_klrl``).
+
+Subcommands: ``compare`` (run methods on a task and score them against the exact posterior), ``tasks``
+(list the shipped tasks). Errors in user input print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+def _override(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value  # a bare string
+    return key.strip(), parsed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .compare import METHODS, CompareConfig
+
+    defaults = CompareConfig()
+    parser = argparse.ArgumentParser(
+        prog="bayes-klrl",
+        description="KL-regularized RL as Bayesian inference: compare SVI, RL and exact posteriors on a task.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "compare",
+        help="run methods on a task and score them against the posterior",
+        description="Run inference methods on MODEL and write DIR/metrics.json, metrics.csv and learning curves.",
+    )
+    p.add_argument("model", metavar="MODEL", help="a shipped task's name (see 'bayes-klrl tasks') or a model file path")
+    p.add_argument(
+        "--methods",
+        type=_methods,
+        default=defaults.methods,
+        help=f"comma-separated, from {','.join(METHODS)} (default: {','.join(defaults.methods)})",
+    )
+    p.add_argument("--beta", type=float, default=None, help="override the task's KL coefficient beta (> 0)")
+    p.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps per trained method (%(default)s)")
+    p.add_argument(
+        "--num-sequences",
+        type=int,
+        default=defaults.num_sequences,
+        help="sequences sampled per step, the same for every method (%(default)s)",
+    )
+    p.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate (%(default)s)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="random seed, shared by all methods (%(default)s)")
+    p.add_argument(
+        "--policy", choices=("auto", "tabular", "copy"), default=defaults.policy, help="policy class (%(default)s)"
+    )
+    p.add_argument(
+        "--estimator",
+        choices=("loo", "trace", "tracegraph"),
+        default=defaults.estimator,
+        help="SVI estimator (%(default)s)",
+    )
+    p.add_argument(
+        "--kl-estimator", choices=("k1", "k3"), default=defaults.kl_estimator, help="PPO KL estimator (%(default)s)"
+    )
+    p.add_argument("--kl-target", type=float, default=None, help="PPO adaptive-KL target in nats (default: fixed beta)")
+    p.add_argument(
+        "--log-every", type=int, default=defaults.log_every, help="steps between logged points (%(default)s)"
+    )
+    p.add_argument(
+        "--checkpoint-every", type=int, default=0, help="steps between checkpoints (default: end and Ctrl-C)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue trained methods from their checkpoints in DIR")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        type=_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword passed to the model file's task(), e.g. --set length=4 (repeatable)",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (%(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    sub.add_parser(
+        "tasks", help="list the shipped tasks", description="List shipped tasks with V, T, beta, enumerability."
+    )
+    return parser
+
+
+def _compare(args) -> int:
+    from .compare import CompareConfig, format_table, run_compare
+    from .modelfile import load_task
+
+    task = load_task(args.model, **dict(args.overrides))
+    if args.beta is not None:
+        task = task.replace(beta=args.beta)
+    config = CompareConfig(
+        methods=args.methods,
+        steps=args.steps,
+        num_sequences=args.num_sequences,
+        lr=args.lr,
+        seed=args.seed,
+        policy=args.policy,
+        estimator=args.estimator,
+        kl_estimator=args.kl_estimator,
+        kl_target=args.kl_target,
+        log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+    )
+    enumerable = f"{task.num_sequences:,} sequences, enumerable" if task.is_enumerable() else "not enumerable"
+    print(f"task {task.name}: V={task.vocab_size}, T={task.length}, beta={task.beta:g} ({enumerable})")
+    comparison = run_compare(task, config, args.out, progress=not args.no_progress)
+    exact = comparison.metrics["exact"]
+    if exact is not None:
+        print(
+            f"exact: log Z = {exact['log_z']:.6f}, E[r] = {exact['expected_reward']:.4f}, H = {exact['entropy']:.4f} nats"
+        )
+    print(format_table(comparison.metrics))
+    print(f"wrote {args.out / 'metrics.json'}")
+    return 0
+
+
+def _tasks(args) -> int:
+    from .modelfile import ModelFileError, describe_model, shipped_tasks
+    from .task import DEFAULT_MAX_ENUMERATION
+
+    tasks = shipped_tasks()
+    if not tasks:
+        print("no shipped tasks found (set BAYES_KLRL_MODELS to the models/ folder)")
+        return 1
+    print(f"{'task':<22} {'V':>7} {'T':>3} {'beta':>7}  enumerable  file")
+    for name, path in tasks.items():
+        try:
+            info = describe_model(path)
+        except ModelFileError as exc:
+            print(f"{name:<22} {'?':>7} {'?':>3} {'?':>7}  {'?':<10}  {path}  ({exc})")
+            continue
+        v, t = info["vocab_size"], info["length"]
+        print(f"{name:<22} {v:>7} {t:>3} {info['beta']:>7g}  {str(v**t <= DEFAULT_MAX_ENUMERATION):<10}  {path}")
+    return 0
+
+
+COMMANDS = {"compare": _compare, "tasks": _tasks}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError) as exc:  # user input: one line, no traceback
+        print(f"bayes-klrl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "bayes-klrl: interrupted; checkpoints (if any) are in the output folder, rerun with --resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+r"""Run several inference methods on one task and score them side by side (the ``compare`` command).
+
+Every method row carries the same fields; figures that need the exact posterior are exact where the task
+is enumerable and ``None`` otherwise:
+
+- ``elbo``: :math:`\mathbb{E}_q[\log\pi_0 + r/\beta - \log q]` (exact, or a Monte Carlo estimate);
+- ``kl_q_to_posterior`` :math:`= \log Z - \mathrm{ELBO}`, ``kl_posterior_to_q``, ``tv_to_posterior``;
+- ``expected_reward`` :math:`\mathbb{E}_q[r]`, ``kl_to_prior`` :math:`\mathrm{KL}(q\|\pi_0)`;
+- ``reward_evaluations`` and ``wall_seconds`` (training only).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .exact import ExactPosterior, exact_posterior, policy_metrics
+from .infer.svi import SVITrainer
+from .lm import AutoregressiveLM
+from .rl import PPOTrainer, ReinforceTrainer
+from .storage import write_csv, write_json
+from .task import DEFAULT_MAX_ENUMERATION, Task
+from .training import FitResult, fit
+
+__all__ = ["METHODS", "CompareConfig", "Comparison", "run_compare", "monte_carlo_policy_metrics"]
+
+METHODS = ("exact", "svi", "rl", "ppo")
+ROW_FIELDS = (
+    "method",
+    "elbo",
+    "log_z",
+    "kl_q_to_posterior",
+    "kl_posterior_to_q",
+    "tv_to_posterior",
+    "expected_reward",
+    "kl_to_prior",
+    "reward_evaluations",
+    "wall_seconds",
+)
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Settings of a comparison; the field comments are the CLI's help."""
+
+    methods: tuple[str, ...] = ("exact", "svi", "rl")  # methods to run, in order
+    steps: int = 1500  # optimizer steps of each trained method
+    num_sequences: int = 1024  # sequences (and reward evaluations) per step, the same for every method
+    lr: float = 0.02  # Adam learning rate of every trained method
+    seed: int = 0  # seeds every method's run alike
+    policy: str = "auto"  # policy class: auto, tabular or copy
+    estimator: str = "loo"  # SVI gradient estimator: loo, trace or tracegraph
+    kl_estimator: str = "k1"  # PPO per-token KL estimator: k1 or k3
+    kl_target: float | None = None  # PPO adaptive-KL target (nats); None keeps beta fixed
+    log_every: int = 50  # steps between logged points of the learning curves
+    eval_samples: int = 4096  # Monte Carlo samples for figures when the task is not enumerable
+    max_enumeration: int = DEFAULT_MAX_ENUMERATION  # largest V^T enumerated exactly
+    checkpoint_every: int = 0  # steps between checkpoints (0: only at the end and on Ctrl-C)
+    resume: bool = False  # continue trained methods from their checkpoints in the output folder
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        if not self.methods:
+            raise ValueError("no methods given")
+        if self.steps < 0 or self.num_sequences < 2 or self.eval_samples < 2:
+            raise ValueError("steps must be >= 0, num_sequences and eval_samples >= 2")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The result of :func:`run_compare`: the JSON document, the trained policies and their histories."""
+
+    metrics: dict
+    fits: dict[str, FitResult] = field(default_factory=dict)
+    posterior: ExactPosterior | None = None
+
+
+@torch.no_grad()
+def monte_carlo_policy_metrics(task: Task, policy: AutoregressiveLM, num_samples: int) -> dict:
+    r"""Figures of ``policy`` by sampling: ELBO, :math:`\mathbb{E}_q[r]`, :math:`\mathrm{KL}(q\|\pi_0)` (k1 mean)."""
+    x = policy.sample(num_samples, task.length)
+    log_q, log_prior, r = policy.log_prob(x).double(), task.prior.log_prob(x).double(), task.rewards(x).double()
+    return {
+        "elbo": float((log_prior + r / task.beta - log_q).mean()),
+        "expected_reward": float(r.mean()),
+        "kl_to_prior": float((log_q - log_prior).mean()),
+    }
+
+
+def _policy_row(task: Task, result: FitResult, posterior: ExactPosterior | None, config: CompareConfig) -> dict:
+    row = dict.fromkeys(ROW_FIELDS)
+    row["method"] = result.method
+    if posterior is not None:
+        m = policy_metrics(task, result.policy, posterior)
+        row.update(
+            elbo=m.elbo,
+            kl_q_to_posterior=m.kl_q_to_posterior,
+            kl_posterior_to_q=m.kl_posterior_to_q,
+            tv_to_posterior=m.tv_to_posterior,
+            expected_reward=m.expected_reward,
+            kl_to_prior=m.kl_to_prior,
+        )
+    else:
+        row.update(monte_carlo_policy_metrics(task, result.policy, config.eval_samples))
+    row.update(reward_evaluations=result.reward_evaluations, wall_seconds=result.wall_seconds)
+    return row
+
+
+def _trainer(method: str, task: Task, config: CompareConfig):
+    policy = task.make_policy(config.policy)
+    if method == "svi":
+        return SVITrainer(task, policy, config.num_sequences, lr=config.lr, estimator=config.estimator)
+    if method == "rl":
+        return ReinforceTrainer(task, policy, config.num_sequences, lr=config.lr)
+    if method == "ppo":
+        return PPOTrainer(
+            task,
+            policy,
+            config.num_sequences,
+            lr=config.lr,
+            kl_estimator=config.kl_estimator,
+            kl_target=config.kl_target,
+        )
+    raise ValueError(f"method {method!r} is not a trained method")
+
+
+def run_compare(
+    task: Task, config: CompareConfig, out: str | Path | None = None, *, progress: bool = False
+) -> Comparison:
+    """Run ``config.methods`` on ``task``; with ``out``, write ``metrics.json``, ``metrics.csv``,
+    ``history_<method>.csv`` and per-method checkpoints into that folder.
+
+    Example::
+
+        >>> comparison = run_compare(load_task("markov"), CompareConfig(methods=("exact", "svi"), steps=200))
+        >>> [row["method"] for row in comparison.metrics["methods"]]
+        ['exact', 'svi']
+    """
+    out = Path(out) if out is not None else None
+    enumerable = task.is_enumerable(config.max_enumeration)
+    if "exact" in config.methods and not enumerable:
+        raise ValueError(
+            f"method 'exact' needs V^T <= {config.max_enumeration:,} but task '{task.name}' has {task.num_sequences:,} "
+            "sequences; drop 'exact' from --methods"
+        )
+    posterior, exact_seconds = None, None
+    if enumerable:
+        t0 = time.perf_counter()
+        posterior = exact_posterior(task, max_sequences=config.max_enumeration)
+        exact_seconds = time.perf_counter() - t0
+
+    def evaluate(policy: AutoregressiveLM) -> dict:
+        if posterior is not None:
+            m = policy_metrics(task, policy, posterior)
+            return {
+                "exact_elbo": m.elbo,
+                "kl_q_to_posterior": m.kl_q_to_posterior,
+                "expected_reward": m.expected_reward,
+            }
+        return {
+            "mc_" + k: v for k, v in monte_carlo_policy_metrics(task, policy, min(config.eval_samples, 1024)).items()
+        }
+
+    rows, fits = [], {}
+    for method in config.methods:
+        if method == "exact":
+            row = dict.fromkeys(ROW_FIELDS)
+            row.update(
+                method="exact",
+                elbo=posterior.log_z,
+                log_z=posterior.log_z,
+                kl_q_to_posterior=0.0,
+                kl_posterior_to_q=0.0,
+                tv_to_posterior=0.0,
+                expected_reward=posterior.expected_reward,
+                kl_to_prior=posterior.kl_to_prior,
+                reward_evaluations=task.num_sequences,
+                wall_seconds=exact_seconds,
+            )
+            rows.append(row)
+            continue
+        trainer = _trainer(method, task, config)
+        result = fit(
+            trainer,
+            steps=config.steps,
+            seed=config.seed,
+            log_every=config.log_every,
+            evaluate=evaluate,
+            progress=progress,
+            checkpoint_dir=out / method if out is not None else None,
+            checkpoint_every=config.checkpoint_every,
+            resume=config.resume and out is not None and (out / method / "checkpoint.pt").exists(),
+        )
+        fits[method] = result
+        rows.append(_policy_row(task, result, posterior, config))
+        if out is not None:
+            write_csv(out / f"history_{method}.csv", result.history)
+    metrics = {
+        "task": task.name,
+        "beta": task.beta,
+        "vocab_size": task.vocab_size,
+        "length": task.length,
+        "seed": config.seed,
+        "steps": config.steps,
+        "num_sequences": config.num_sequences,
+        "exact": (
+            {"log_z": posterior.log_z, "expected_reward": posterior.expected_reward, "entropy": posterior.entropy}
+            if posterior is not None
+            else None
+        ),
+        "methods": rows,
+    }
+    if out is not None:
+        write_json(out / "metrics.json", metrics)
+        write_csv(out / "metrics.csv", rows)
+    return Comparison(metrics=metrics, fits=fits, posterior=posterior)
+
+
+def format_table(metrics: dict, columns: Sequence[str] | None = None) -> str:
+    """The method rows as a fixed-width text table."""
+    columns = list(columns or ROW_FIELDS)
+    rows = metrics["methods"]
+
+    def cell(value) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
+        return str(value)
+
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    header = "  ".join(c.rjust(w) for c, w in zip(columns, widths))
+    lines = [header, "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)

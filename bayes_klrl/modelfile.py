@@ -1,0 +1,113 @@
+"""Model files: Python files defining ``task(**overrides) -> bayes_klrl.Task``; how users bring their own task.
+
+The shipped tasks under the repository's ``models/`` folder follow the same convention and are found by
+name (``"markov"`` is ``models/markov.py``). A model file may also define ``describe() -> dict`` with
+``vocab_size``, ``length`` and ``beta`` so that listing it does not have to load a large LM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from .task import Task
+
+__all__ = ["ModelFileError", "describe_model", "load_task", "models_dir", "resolve_model", "shipped_tasks"]
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, fails to import, or its ``task()`` does not give a valid Task."""
+
+
+def models_dir() -> Path | None:
+    """The folder of shipped model files: ``$BAYES_KLRL_MODELS``, the repository's ``models/``, or ``./models``."""
+    candidates = [
+        os.environ.get("BAYES_KLRL_MODELS"),
+        Path(__file__).resolve().parents[1] / "models",
+        Path.cwd() / "models",
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+def shipped_tasks() -> dict[str, Path]:
+    """Shipped task names and their files (files starting with ``_`` or ``train`` are not tasks)."""
+    folder = models_dir()
+    if folder is None:
+        return {}
+    return {
+        p.stem: p
+        for p in sorted(folder.glob("*.py"))
+        if not p.stem.startswith(("_", "train")) and "def task(" in p.read_text(encoding="utf-8")
+    }
+
+
+def resolve_model(spec: str) -> Path:
+    """A shipped task's name or a path to a model file → the file's path."""
+    path = Path(spec)
+    if path.suffix == ".py" or os.sep in spec or "/" in spec:
+        if not path.is_file():
+            raise ModelFileError(f"model file '{spec}' not found")
+        return path
+    shipped = shipped_tasks()
+    if spec not in shipped:
+        names = ", ".join(shipped) or "none found"
+        raise ModelFileError(f"unknown task '{spec}': not a shipped task ({names}) nor a .py model file")
+    return shipped[spec]
+
+
+def _import(path: Path):
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    name = f"bayes_klrl_model_{path.stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ModelFileError(f"model file '{path}' cannot be imported as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look modules up by name
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise ModelFileError(f"model file '{path}' failed to import: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def load_task(spec: str | Path, **overrides) -> Task:
+    """Load a task from a shipped name or a model file, calling ``task(**overrides)``.
+
+    :raises ModelFileError: one line naming the file and the problem.
+
+    Example::
+
+        >>> load_task("markov", beta=0.5).beta
+        0.5
+    """
+    path = resolve_model(str(spec))
+    return _call_task(_import(path), path, overrides)
+
+
+def _call_task(module, path: Path, overrides: dict) -> Task:
+    factory = getattr(module, "task", None)
+    if not callable(factory):
+        raise ModelFileError(f"model file '{path}' defines no task() function returning a bayes_klrl.Task")
+    try:
+        task = factory(**overrides)
+    except Exception as exc:
+        raise ModelFileError(f"model file '{path}': task() raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(task, Task):
+        raise ModelFileError(f"model file '{path}': task() returned {type(task).__name__}, not a bayes_klrl.Task")
+    return task
+
+
+def describe_model(path: Path) -> dict:
+    """``describe()`` of a model file if it has one, else figures read off its loaded task."""
+    module = _import(path)
+    if callable(getattr(module, "describe", None)):
+        return dict(module.describe())
+    task = _call_task(module, path, {})
+    return {"vocab_size": task.vocab_size, "length": task.length, "beta": task.beta}
