@@ -20,6 +20,8 @@ the plain-torch REINFORCE trainer of :mod:`bayes_klrl.rl`, whose signal is :math
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pyro
 import pyro.optim
 import torch
@@ -32,7 +34,16 @@ from ..model import PLATE, PolicyGuide, model
 from ..task import Task
 from ..training import Trainer
 
-__all__ = ["LeaveOneOutELBO", "SVITrainer", "ESTIMATORS", "make_elbo", "sequence_log_weights"]
+__all__ = [
+    "ESTIMATORS",
+    "GradientStats",
+    "LeaveOneOutELBO",
+    "SVITrainer",
+    "gradient_samples",
+    "gradient_variance",
+    "make_elbo",
+    "sequence_log_weights",
+]
 
 ESTIMATORS = ("loo", "trace", "tracegraph")
 
@@ -80,7 +91,7 @@ class LeaveOneOutELBO(ELBO):
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         model_trace, guide_trace = self._traces(model, guide, args, kwargs)
-        return -float(sequence_log_weights(model_trace, guide_trace).sum())
+        return -float(sequence_log_weights(model_trace, guide_trace).detach().sum())
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """The surrogate whose gradient is the estimator (its value is not the ELBO)."""
@@ -155,3 +166,73 @@ class SVITrainer(Trainer):
 
     def load_optimizer_state(self, state: dict) -> None:
         self.optim.set_state(state)
+
+
+@dataclass(frozen=True)
+class GradientStats:
+    r"""Spread of a gradient estimator over independent batches.
+
+    :ivar mean: the mean estimate of :math:`\nabla\mathrm{ELBO}` per sequence, flattened ``(P,)``.
+    :ivar standard_error: its per-coordinate Monte Carlo standard error ``(P,)``.
+    :ivar total_variance: :math:`\sum_p \mathrm{Var}[\hat g_p]` of one batch's estimate.
+    """
+
+    estimator: str
+    num_sequences: int
+    num_batches: int
+    mean: torch.Tensor
+    standard_error: torch.Tensor
+    total_variance: float
+
+
+def gradient_samples(
+    task: Task, policy: AutoregressiveLM, estimator: str, *, num_sequences: int, num_batches: int, seed: int
+) -> torch.Tensor:
+    r"""``num_batches`` independent estimates of :math:`\nabla_\theta\,\mathrm{ELBO}` per sequence: ``(B, P)``.
+
+    Each is one SVI gradient on ``num_sequences`` sequences divided by ``num_sequences``; the policy is not
+    updated. For ``"tracegraph"`` the decaying-average baseline warms up over the batches, as in training.
+    """
+    elbo, infer = make_elbo(estimator)
+    guide = PolicyGuide(policy, infer)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    out = []
+    for _ in range(num_batches):
+        for p in params:
+            p.grad = None
+        elbo.loss_and_grads(model, guide, task, num_sequences)
+        out.append(-torch.cat([p.grad.reshape(-1) for p in params]) / num_sequences)
+    for p in params:
+        p.grad = None
+    return torch.stack(out)
+
+
+def gradient_variance(
+    task: Task,
+    policy: AutoregressiveLM,
+    estimator: str,
+    *,
+    num_sequences: int = 256,
+    num_batches: int = 200,
+    seed: int = 0,
+) -> GradientStats:
+    """Measure an estimator's mean and variance over ``num_batches`` batches (see :func:`gradient_samples`).
+
+    Example::
+
+        >>> stats = gradient_variance(task, task.make_policy(), "loo", num_sequences=256, num_batches=100)
+        >>> stats.total_variance > 0
+        True
+    """
+    g = gradient_samples(task, policy, estimator, num_sequences=num_sequences, num_batches=num_batches, seed=seed)
+    g = g.double()
+    return GradientStats(
+        estimator=estimator,
+        num_sequences=num_sequences,
+        num_batches=num_batches,
+        mean=g.mean(0),
+        standard_error=g.std(0) / num_batches**0.5,
+        total_variance=float(g.var(0).sum()),
+    )

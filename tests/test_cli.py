@@ -1,0 +1,135 @@
+"""The command line: compare on a user's model file, the metrics.json schema, one-line errors."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from bayes_klrl.cli import main
+
+USER_MODEL = """
+import torch
+from bayes_klrl import MarkovLM, Task
+
+def task(beta=0.7, length=4):
+    g = torch.Generator().manual_seed(11)
+    prior = MarkovLM(torch.randn(4, generator=g), torch.randn(4, 4, generator=g))
+    return Task(prior=prior, reward=lambda x: (x == 3).sum(-1).float(), beta=beta, length=length, name="user")
+"""
+
+ROW_KEYS = {
+    "method",
+    "elbo",
+    "log_z",
+    "kl_q_to_posterior",
+    "kl_posterior_to_q",
+    "tv_to_posterior",
+    "expected_reward",
+    "kl_to_prior",
+    "reward_evaluations",
+    "wall_seconds",
+}
+
+
+@pytest.fixture
+def user_model(tmp_path):
+    path = tmp_path / "user_model.py"
+    path.write_text(USER_MODEL)
+    return path
+
+
+def test_compare_on_user_model_file(user_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "compare",
+            str(user_model),
+            "--methods",
+            "exact,svi,rl",
+            "--steps",
+            "300",
+            "--num-sequences",
+            "512",
+            "--beta",
+            "0.5",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "user" and metrics["beta"] == 0.5
+    assert set(metrics["exact"]) == {"log_z", "expected_reward", "entropy"}
+    rows = {row["method"]: row for row in metrics["methods"]}
+    assert set(rows) == {"exact", "svi", "rl"} and all(set(r) >= ROW_KEYS for r in rows.values())
+    for method in ("svi", "rl"):
+        row = rows[method]
+        assert row["kl_q_to_posterior"] < 0.05
+        assert row["elbo"] == pytest.approx(metrics["exact"]["log_z"] - row["kl_q_to_posterior"], abs=2e-3)
+        assert row["reward_evaluations"] == 300 * 512
+    assert (out / "history_svi.csv").read_text().count("\n") == 1 + 1 + 300 // 50
+    assert "kl_q_to_posterior" in capsys.readouterr().out
+
+
+def test_set_overrides_task_arguments(user_model, tmp_path):
+    out = tmp_path / "run"
+    assert main(["compare", str(user_model), "--methods", "exact", "--set", "length=2", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["length"] == 2
+
+
+BAD_MODELS = {
+    "no_task": ("x = 1\n", "defines no task() function"),
+    "raises": ("raise RuntimeError('boom')\n", "failed to import: RuntimeError: boom"),
+    "wrong_type": ("def task(**kw):\n    return 3\n", "returned int, not a bayes_klrl.Task"),
+    "nan_reward": (USER_MODEL.replace("(x == 3).sum(-1).float()", "torch.full((x.shape[0],), float('nan'))"), "NaN"),
+    "bad_shape": (USER_MODEL.replace("(x == 3).sum(-1).float()", "x.float()"), "must return shape"),
+    "int_reward": (USER_MODEL.replace("(x == 3).sum(-1).float()", "(x == 3).sum(-1)"), "floating-point"),
+    "too_large": (USER_MODEL.replace("length=4", "length=40"), "needs V^T <= 4,194,304"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_MODELS))
+def test_bad_model_files_give_one_line_errors(name, tmp_path, capsys):
+    source, message = BAD_MODELS[name]
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(source))
+    code = main(["compare", str(path), "--methods", "exact", "--steps", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    if name not in ("too_large",):
+        assert str(path) in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--beta", "0"], "beta must be finite and > 0"),
+        (["--beta", "-1"], "beta must be finite and > 0"),
+        (["--methods", "exact,vi"], "unknown method(s) vi"),
+    ],
+    ids=["beta0", "beta-negative", "unknown-method"],
+)
+def test_bad_arguments(argv, message, user_model, tmp_path, capsys):
+    assert main(["compare", str(user_model), *argv, "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_task_name_lists_shipped_tasks(capsys):
+    assert main(["compare", "nonexistent_task"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task 'nonexistent_task'" in err and "markov" in err
+
+
+def test_tasks_lists_shipped_markov(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "markov" in out and "bandit" in out
+
+
+def test_module_entry_point_help():
+    done = subprocess.run([sys.executable, "-m", "bayes_klrl", "compare", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "--methods" in done.stdout and "--beta" in done.stdout

@@ -1,0 +1,86 @@
+"""The identity ELBO = J/β = log Z − KL(q‖π*), checked by exact enumeration."""
+
+import math
+
+import pytest
+import torch
+
+from bayes_klrl import exact_elbo, exact_objective, exact_posterior, policy_metrics
+from bayes_klrl.exact import enumerate_sequences
+
+from .conftest import perturbed_policy, small_markov_task
+
+IDENTITY_TOL = 1e-5  # the issue's tolerance for ELBO·β = J
+GRAD_TOL = 1e-6
+CLOSED_FORM_TOL = 1e-6
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("beta", [0.1, 0.8, 5.0])
+def test_elbo_times_beta_equals_rl_objective(seed, beta):
+    task = small_markov_task(beta=beta, seed=seed)
+    policy = perturbed_policy(task, scale=1.0, seed=seed)
+    elbo, objective = exact_elbo(task, policy), exact_objective(task, policy)
+    assert abs(float(elbo) * beta - float(objective)) < IDENTITY_TOL
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_elbo_gradient_equals_objective_gradient_over_beta(seed):
+    task = small_markov_task(beta=0.6, seed=seed)
+    policy = perturbed_policy(task, scale=1.0, seed=seed)
+    (g_elbo,) = torch.autograd.grad(exact_elbo(task, policy), policy.logits)
+    (g_obj,) = torch.autograd.grad(exact_objective(task, policy), policy.logits)
+    assert g_elbo.abs().max() > 1e-3  # not trivially zero
+    assert torch.allclose(g_elbo, g_obj / task.beta, atol=GRAD_TOL)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kl_to_posterior_is_log_z_minus_elbo_and_nonnegative(seed):
+    task = small_markov_task(seed=seed)
+    post = exact_posterior(task)
+    m = policy_metrics(task, perturbed_policy(task, seed=seed), post)
+    assert m.kl_q_to_posterior == pytest.approx(post.log_z - m.elbo, abs=IDENTITY_TOL)
+    assert m.kl_q_to_posterior > 0 and m.kl_posterior_to_q > 0 and 0 < m.tv_to_posterior < 1
+    assert m.objective == pytest.approx(task.beta * m.elbo, abs=IDENTITY_TOL)
+
+
+def test_posterior_normalizes_and_matches_direct_formula(small_task):
+    post = exact_posterior(small_task)
+    x = enumerate_sequences(3, 3)
+    direct = small_task.prior.log_prob(x).double() + small_task.rewards(x).double() / small_task.beta
+    assert float(post.log_probs.exp().sum()) == pytest.approx(1.0, abs=1e-12)
+    assert post.log_z == pytest.approx(float(torch.logsumexp(direct, 0)), abs=1e-10)
+    top, probs = post.top_k(3)
+    assert top.shape == (3, 3) and torch.all(probs[:-1] >= probs[1:])
+
+
+def test_bandit_matches_closed_form(bandit_task):
+    post = exact_posterior(bandit_task)
+    log_prior = torch.log_softmax(bandit_task.prior.logits.double(), 0)
+    r = torch.linspace(-1, 1, 5).double()
+    closed = torch.log_softmax(log_prior + r / bandit_task.beta, 0)
+    assert torch.allclose(post.log_probs, closed, atol=CLOSED_FORM_TOL)
+    assert post.log_z == pytest.approx(float(torch.logsumexp(log_prior + r / bandit_task.beta, 0)), abs=CLOSED_FORM_TOL)
+
+
+def test_hard_constraint_is_conditioning(constraint_task):
+    post = exact_posterior(constraint_task)
+    x = enumerate_sequences(3, 3)
+    event = (x == 2).any(-1)
+    prior = constraint_task.prior.log_prob(x).double().exp()
+    conditioned = torch.where(event, prior, torch.zeros_like(prior)) / prior[event].sum()
+    assert torch.allclose(post.log_probs.exp(), conditioned, atol=1e-10)
+    assert post.log_z == pytest.approx(math.log(float(prior[event].sum())), abs=1e-10)
+    m = policy_metrics(constraint_task, constraint_task.make_policy(), post)  # the prior violates it
+    assert m.kl_q_to_posterior == math.inf and m.elbo == -math.inf and math.isfinite(m.kl_posterior_to_q)
+
+
+def test_refuses_large_tasks_with_clear_message(small_task):
+    with pytest.raises(ValueError, match=r"27 sequences, above the exact-enumeration limit of 10"):
+        exact_posterior(small_task, max_sequences=10)
+
+
+def test_empty_posterior_is_an_error():
+    task = small_markov_task().replace(reward=lambda x: torch.full((x.shape[0],), -math.inf))
+    with pytest.raises(ValueError, match="no sequence has a finite reward"):
+        exact_posterior(task)
