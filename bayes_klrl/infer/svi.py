@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import pyro
 import pyro.optim
 import torch
-from pyro.infer import ELBO, SVI, Trace_ELBO, TraceGraph_ELBO
 from pyro import poutine
+from pyro.infer import ELBO, SVI, Trace_ELBO, TraceGraph_ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import prune_subsample_sites
