@@ -133,3 +133,29 @@ def test_tasks_lists_shipped_markov(capsys):
 def test_module_entry_point_help():
     done = subprocess.run([sys.executable, "-m", "bayes_klrl", "compare", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "--methods" in done.stdout and "--beta" in done.stdout
+
+
+def test_same_seed_gives_identical_metrics_wall_times_aside(user_model, tmp_path):
+    docs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        main(
+            [
+                "compare",
+                str(user_model),
+                "--methods",
+                "exact,svi,rl",
+                "--steps",
+                "40",
+                "--num-sequences",
+                "64",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        doc = json.loads((out / "metrics.json").read_text())
+        for row in doc["methods"]:
+            row.pop("wall_seconds")
+        docs.append(doc)
+    assert docs[0] == docs[1]
