@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kl-target", type=float, default=None, help="PPO adaptive-KL target in nats (default: fixed beta)")
     p.add_argument(
+        "--eval-samples",
+        type=int,
+        default=defaults.eval_samples,
+        help="Monte Carlo samples for the final figures of tasks too large to enumerate (%(default)s)",
+    )
+    p.add_argument(
         "--log-every", type=int, default=defaults.log_every, help="steps between logged points (%(default)s)"
     )
     p.add_argument(
@@ -117,6 +123,7 @@ def _compare(args) -> int:
         kl_estimator=args.kl_estimator,
         kl_target=args.kl_target,
         log_every=args.log_every,
+        eval_samples=args.eval_samples,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
     )

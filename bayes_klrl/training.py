@@ -82,6 +82,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def trainable_state(policy: AutoregressiveLM) -> dict[str, torch.Tensor]:
+    """The policy's trainable parameters only (a LoRA adapter, not the frozen base weights it shares)."""
+    return {name: p.detach().clone() for name, p in policy.named_parameters() if p.requires_grad}
+
+
 def fit(
     trainer: Trainer,
     *,
@@ -122,7 +127,9 @@ def fit(
         state = torch.load(ckpt_path, weights_only=False)
         if state["method"] != trainer.method:
             raise ValueError(f"checkpoint {ckpt_path} is from method {state['method']!r}, not {trainer.method!r}")
-        trainer.policy.load_state_dict(state["policy"])
+        unexpected = trainer.policy.load_state_dict(state["policy"], strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"checkpoint {ckpt_path} does not fit this policy (unknown keys {unexpected[:3]})")
         trainer.load_optimizer_state(state["optimizer"])
         torch.set_rng_state(state["rng"])
         random.setstate(state["python_rng"])
@@ -144,7 +151,7 @@ def fit(
             {
                 "method": trainer.method,
                 "step": step,
-                "policy": trainer.policy.state_dict(),
+                "policy": trainable_state(trainer.policy),
                 "optimizer": trainer.optimizer_state(),
                 "rng": torch.get_rng_state(),
                 "python_rng": random.getstate(),
