@@ -3,5 +3,14 @@
 from .base import AutoregressiveLM, sample_categorical
 from .markov import CategoricalLM, MarkovLM
 from .tabular import TabularPolicy, num_prefixes
+from .transformer import TinyTransformerLM
 
-__all__ = ["AutoregressiveLM", "CategoricalLM", "MarkovLM", "TabularPolicy", "num_prefixes", "sample_categorical"]
+__all__ = [
+    "AutoregressiveLM",
+    "CategoricalLM",
+    "MarkovLM",
+    "TabularPolicy",
+    "TinyTransformerLM",
+    "num_prefixes",
+    "sample_categorical",
+]
