@@ -6,7 +6,10 @@ is enumerable and ``None`` otherwise:
 - ``elbo``: :math:`\mathbb{E}_q[\log\pi_0 + r/\beta - \log q]` (exact, or a Monte Carlo estimate);
 - ``kl_q_to_posterior`` :math:`= \log Z - \mathrm{ELBO}`, ``kl_posterior_to_q``, ``tv_to_posterior``;
 - ``expected_reward`` :math:`\mathbb{E}_q[r]`, ``kl_to_prior`` :math:`\mathrm{KL}(q\|\pi_0)`;
-- ``reward_evaluations`` and ``wall_seconds`` (training only).
+- ``reward_evaluations`` and ``wall_seconds`` (training only);
+- ``log_z``, ``log_z_se``, ``ess``, ``khat``: importance sampling with the method's policy as proposal
+  (``eval_samples`` draws), or for the ``is`` row with the prior as proposal on the trained methods' reward
+  budget. A policy's PSIS :math:`\hat k` below 0.5 says it is a good proposal for π*, above 0.7 not usable.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .exact import ExactPosterior, exact_posterior, policy_metrics
+from .infer.importance import ImportanceResult, importance_sample
 from .infer.svi import SVITrainer
 from .lm import AutoregressiveLM
 from .rl import PPOTrainer, ReinforceTrainer
@@ -26,9 +30,9 @@ from .storage import write_csv, write_json
 from .task import DEFAULT_MAX_ENUMERATION, Task
 from .training import FitResult, fit
 
-__all__ = ["METHODS", "CompareConfig", "Comparison", "run_compare", "monte_carlo_policy_metrics"]
+__all__ = ["METHODS", "CompareConfig", "Comparison", "run_compare", "format_table"]
 
-METHODS = ("exact", "svi", "rl", "ppo")
+METHODS = ("exact", "svi", "rl", "ppo", "is")
 ROW_FIELDS = (
     "method",
     "elbo",
@@ -81,27 +85,36 @@ class Comparison:
     posterior: ExactPosterior | None = None
 
 
-@torch.no_grad()
-def monte_carlo_policy_metrics(task: Task, policy: AutoregressiveLM, num_samples: int, batch_size: int = 1024) -> dict:
-    r"""Figures of ``policy`` by sampling: ELBO, :math:`\mathbb{E}_q[r]`, :math:`\mathrm{KL}(q\|\pi_0)` (k1 mean).
+def _importance_fields(task: Task, result: ImportanceResult, as_policy: bool) -> dict:
+    """Row fields from importance sampling; with ``as_policy``, the proposal's own Monte Carlo figures too."""
+    fields = {"log_z": result.log_z, "log_z_se": result.log_z_se, "ess": result.ess, "khat": result.khat}
+    if as_policy:  # E_q[log w] = ELBO(q); E_q[r]; KL(q‖π0) = E_q[r/β − log w]
+        finite = torch.isfinite(result.log_weights)
+        fields.update(
+            elbo=float(result.log_weights.mean()),
+            expected_reward=float(result.rewards.mean()),
+            kl_to_prior=float((result.rewards[finite] / task.beta - result.log_weights[finite]).mean())
+            if bool(finite.all())
+            else None,
+        )
+    return fields
 
-    Drawn in batches of ``batch_size`` sequences (large LMs need small batches).
-    """
-    parts = []
-    for start in range(0, num_samples, batch_size):
-        x = policy.sample(min(batch_size, num_samples - start), task.length)
-        parts.append((policy.log_prob(x).double(), task.prior.log_prob(x).double(), task.rewards(x).double()))
-    log_q, log_prior, r = (torch.cat(column) for column in zip(*parts))
-    return {
-        "elbo": float((log_prior + r / task.beta - log_q).mean()),
-        "expected_reward": float(r.mean()),
-        "kl_to_prior": float((log_q - log_prior).mean()),
-    }
+
+def _empirical_tv(task: Task, sequences: torch.Tensor, posterior: ExactPosterior) -> float:
+    """Total variation between the empirical distribution of ``sequences`` and π*."""
+    powers = torch.tensor([task.vocab_size ** (task.length - 1 - t) for t in range(task.length)])
+    codes = (sequences.cpu() * powers).sum(-1)
+    freq = torch.bincount(codes, minlength=task.num_sequences).double() / codes.numel()
+    return float(0.5 * (freq - posterior.log_probs.exp()).abs().sum())
 
 
 def _policy_row(task: Task, result: FitResult, posterior: ExactPosterior | None, config: CompareConfig) -> dict:
     row = dict.fromkeys(ROW_FIELDS)
     row["method"] = result.method
+    imp = importance_sample(
+        task, result.policy, num_samples=config.eval_samples, chunk_size=config.num_sequences, seed=config.seed
+    )
+    row.update(_importance_fields(task, imp, as_policy=posterior is None))
     if posterior is not None:
         m = policy_metrics(task, result.policy, posterior)
         row.update(
@@ -112,9 +125,23 @@ def _policy_row(task: Task, result: FitResult, posterior: ExactPosterior | None,
             expected_reward=m.expected_reward,
             kl_to_prior=m.kl_to_prior,
         )
-    else:
-        row.update(monte_carlo_policy_metrics(task, result.policy, config.eval_samples, config.num_sequences))
     row.update(reward_evaluations=result.reward_evaluations, wall_seconds=result.wall_seconds)
+    return row
+
+
+def _is_row(task: Task, config: CompareConfig, posterior: ExactPosterior | None, fits: dict) -> dict:
+    """Importance sampling with the prior as proposal, on the reward budget of one trained method."""
+    num_samples = max(config.steps * config.num_sequences, config.eval_samples)
+    t0 = time.perf_counter()
+    imp = importance_sample(
+        task, None, num_samples=num_samples, chunk_size=max(config.num_sequences, 4096), seed=config.seed
+    )
+    row = dict.fromkeys(ROW_FIELDS)
+    row.update(method="is", proposal="prior", reward_evaluations=num_samples, wall_seconds=time.perf_counter() - t0)
+    row.update(_importance_fields(task, imp, as_policy=False))
+    row["expected_reward"] = imp.expected_reward
+    if posterior is not None:
+        row["tv_to_posterior"] = _empirical_tv(task, imp.resampled, posterior)
     return row
 
 
@@ -182,6 +209,9 @@ def run_compare(
                 wall_seconds=exact_seconds,
             )
             rows.append(row)
+            continue
+        if method == "is":
+            rows.append(_is_row(task, config, posterior, fits))
             continue
         trainer = _trainer(method, task, config)
         result = fit(
