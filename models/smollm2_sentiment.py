@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 
 from bayes_klrl import Task
-from bayes_klrl.lm.hf import HFCausalLM, load_smollm2
+from bayes_klrl.lm.hf import HFCausalLM, chat_prompt, load_smollm2
 from bayes_klrl.text_rewards import EmbeddingContrast, LexiconSentiment, load_minilm
 
 QUESTION = "Write one sentence about a movie you watched."
@@ -40,12 +40,6 @@ def _smollm2(device: str):
 @functools.lru_cache(maxsize=2)
 def _minilm(device: str):
     return load_minilm(device)
-
-
-def chat_prompt(tokenizer, question: str) -> str:
-    """The question in SmolLM2's chat template, ready for the assistant's answer."""
-    messages = [{"role": "user", "content": question}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def describe() -> dict:

