@@ -86,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint-every", type=int, default=0, help="steps between checkpoints (default: end and Ctrl-C)"
     )
+    p.add_argument(
+        "--mcmc-kernel",
+        choices=("auto", "gibbs", "imh"),
+        default=defaults.mcmc_kernel,
+        help="MCMC kernel: single-site Gibbs, independence MH with the prior as proposal, or auto "
+        "(Gibbs up to 256 tokens) (%(default)s)",
+    )
+    p.add_argument("--chains", type=int, default=defaults.chains, help="MCMC chains, vectorized (%(default)s)")
+    p.add_argument("--draws", type=int, default=defaults.draws, help="MCMC draws kept per chain (%(default)s)")
+    p.add_argument("--warmup", type=int, default=defaults.warmup, help="MCMC warm-up steps per chain (%(default)s)")
     p.add_argument("--resume", action="store_true", help="continue trained methods from their checkpoints in DIR")
     p.add_argument(
         "--set",
@@ -126,6 +136,10 @@ def _compare(args) -> int:
         eval_samples=args.eval_samples,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
+        mcmc_kernel=args.mcmc_kernel,
+        chains=args.chains,
+        draws=args.draws,
+        warmup=args.warmup,
     )
     enumerable = f"{task.num_sequences:,} sequences, enumerable" if task.is_enumerable() else "not enumerable"
     print(f"task {task.name}: V={task.vocab_size}, T={task.length}, beta={task.beta:g} ({enumerable})")

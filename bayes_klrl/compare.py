@@ -9,7 +9,12 @@ is enumerable and ``None`` otherwise:
 - ``reward_evaluations`` and ``wall_seconds`` (training only);
 - ``log_z``, ``log_z_se``, ``ess``, ``khat``: importance sampling with the method's policy as proposal
   (``eval_samples`` draws), or for the ``is`` row with the prior as proposal on the trained methods' reward
-  budget. A policy's PSIS :math:`\hat k` below 0.5 says it is a good proposal for π*, above 0.7 not usable.
+  budget. A policy's PSIS :math:`\hat k` below 0.5 says it is a good proposal for π*, above 0.7 not usable;
+- ``rhat``, ``ess_bulk`` (of the reward), ``acceptance_rate``: the ``mcmc`` row, whose ``expected_reward``
+  is the mean reward of the draws and ``tv_to_posterior`` their empirical distribution's distance to π*.
+
+Each method that draws sequences (``is``, ``mcmc`` and the trained policies, whose importance draws give
+their :math:`\hat k`) also leaves its draws as ArviZ InferenceData in ``DIR/<method>.nc``.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from pathlib import Path
 
 import torch
 
+from .diagnostics import importance_inference_data, mcmc_inference_data, save_netcdf, scalar_diagnostics
 from .exact import ExactPosterior, exact_posterior, policy_metrics
 from .infer.importance import ImportanceResult, importance_sample
+from .infer.mcmc import KERNELS, run_mcmc, total_variation
 from .infer.svi import SVITrainer
 from .lm import AutoregressiveLM
 from .rl import PPOTrainer, ReinforceTrainer
@@ -32,7 +39,7 @@ from .training import FitResult, fit
 
 __all__ = ["METHODS", "CompareConfig", "Comparison", "run_compare", "format_table"]
 
-METHODS = ("exact", "svi", "rl", "ppo", "is")
+METHODS = ("exact", "svi", "rl", "ppo", "is", "mcmc")
 ROW_FIELDS = (
     "method",
     "elbo",
@@ -45,6 +52,9 @@ ROW_FIELDS = (
     "reward_evaluations",
     "wall_seconds",
 )
+
+#: per-method diagnostics shown after the shared fields when some row has them
+DIAGNOSTIC_FIELDS = ("khat", "ess", "rhat", "ess_bulk")
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,10 @@ class CompareConfig:
     max_enumeration: int = DEFAULT_MAX_ENUMERATION  # largest V^T enumerated exactly
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end and on Ctrl-C)
     resume: bool = False  # continue trained methods from their checkpoints in the output folder
+    mcmc_kernel: str = "auto"  # gibbs, imh (prior proposal) or auto: gibbs for V <= 256, else imh
+    chains: int = 8  # MCMC chains, run as one batch
+    draws: int = 1000  # MCMC draws kept per chain
+    warmup: int = 200  # MCMC warm-up steps per chain, discarded
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
@@ -74,6 +88,10 @@ class CompareConfig:
             raise ValueError("no methods given")
         if self.steps < 0 or self.num_sequences < 2 or self.eval_samples < 2:
             raise ValueError("steps must be >= 0, num_sequences and eval_samples >= 2")
+        if self.mcmc_kernel not in ("auto", *KERNELS):
+            raise ValueError(f"unknown MCMC kernel {self.mcmc_kernel!r}; choose auto, {', '.join(KERNELS)}")
+        if self.chains < 1 or self.draws < 4 or self.warmup < 0:
+            raise ValueError("chains must be >= 1, draws >= 4 and warmup >= 0")
 
 
 @dataclass(frozen=True)
@@ -100,20 +118,16 @@ def _importance_fields(task: Task, result: ImportanceResult, as_policy: bool) ->
     return fields
 
 
-def _empirical_tv(task: Task, sequences: torch.Tensor, posterior: ExactPosterior) -> float:
-    """Total variation between the empirical distribution of ``sequences`` and π*."""
-    powers = torch.tensor([task.vocab_size ** (task.length - 1 - t) for t in range(task.length)])
-    codes = (sequences.cpu() * powers).sum(-1)
-    freq = torch.bincount(codes, minlength=task.num_sequences).double() / codes.numel()
-    return float(0.5 * (freq - posterior.log_probs.exp()).abs().sum())
-
-
-def _policy_row(task: Task, result: FitResult, posterior: ExactPosterior | None, config: CompareConfig) -> dict:
+def _policy_row(
+    task: Task, result: FitResult, posterior: ExactPosterior | None, config: CompareConfig, out: Path | None
+) -> dict:
     row = dict.fromkeys(ROW_FIELDS)
     row["method"] = result.method
     imp = importance_sample(
         task, result.policy, num_samples=config.eval_samples, chunk_size=config.num_sequences, seed=config.seed
     )
+    if out is not None:
+        save_netcdf(importance_inference_data(task, imp, result.method), out / f"{result.method}.nc")
     row.update(_importance_fields(task, imp, as_policy=posterior is None))
     if posterior is not None:
         m = policy_metrics(task, result.policy, posterior)
@@ -129,7 +143,7 @@ def _policy_row(task: Task, result: FitResult, posterior: ExactPosterior | None,
     return row
 
 
-def _is_row(task: Task, config: CompareConfig, posterior: ExactPosterior | None, fits: dict) -> dict:
+def _is_row(task: Task, config: CompareConfig, posterior: ExactPosterior | None, out: Path | None) -> dict:
     """Importance sampling with the prior as proposal, on the reward budget of one trained method."""
     num_samples = max(config.steps * config.num_sequences, config.eval_samples)
     t0 = time.perf_counter()
@@ -141,7 +155,45 @@ def _is_row(task: Task, config: CompareConfig, posterior: ExactPosterior | None,
     row.update(_importance_fields(task, imp, as_policy=False))
     row["expected_reward"] = imp.expected_reward
     if posterior is not None:
-        row["tv_to_posterior"] = _empirical_tv(task, imp.resampled, posterior)
+        row["tv_to_posterior"] = total_variation(imp.resampled, posterior.log_probs, task.vocab_size)
+    if out is not None:
+        save_netcdf(importance_inference_data(task, imp, "is"), out / "is.nc")
+    return row
+
+
+#: the largest vocabulary for which ``mcmc_kernel="auto"`` picks Gibbs (V reward evaluations per site)
+GIBBS_MAX_VOCAB = 256
+
+
+def _mcmc_row(task: Task, config: CompareConfig, posterior: ExactPosterior | None, out: Path | None) -> dict:
+    """MCMC draws of π*: ``config.chains`` vectorized chains, R-hat and bulk ESS of the reward."""
+    kernel = config.mcmc_kernel
+    if kernel == "auto":
+        kernel = "gibbs" if task.vocab_size <= GIBBS_MAX_VOCAB else "imh"
+    t0 = time.perf_counter()
+    result = run_mcmc(
+        task, kernel, num_chains=config.chains, num_samples=config.draws, warmup=config.warmup, seed=config.seed
+    )
+    wall = time.perf_counter() - t0
+    idata = mcmc_inference_data(task, result)
+    diag = scalar_diagnostics(idata, "reward")
+    steps = config.chains * (config.draws + config.warmup)
+    evaluations = steps * task.length * task.vocab_size if kernel == "gibbs" else steps
+    row = dict.fromkeys(ROW_FIELDS)
+    row.update(
+        method="mcmc",
+        kernel=kernel,
+        expected_reward=result.expected_reward,
+        rhat=diag["rhat"],
+        ess_bulk=diag["ess_bulk"],
+        acceptance_rate=float(result.acceptance_rate.mean()),
+        reward_evaluations=evaluations,
+        wall_seconds=wall,
+    )
+    if posterior is not None:
+        row["tv_to_posterior"] = total_variation(result.draws, posterior.log_probs, task.vocab_size)
+    if out is not None:
+        save_netcdf(idata, out / "mcmc.nc")
     return row
 
 
@@ -167,7 +219,7 @@ def run_compare(
     task: Task, config: CompareConfig, out: str | Path | None = None, *, progress: bool = False
 ) -> Comparison:
     """Run ``config.methods`` on ``task``; with ``out``, write ``metrics.json``, ``metrics.csv``,
-    ``history_<method>.csv`` and per-method checkpoints into that folder.
+    ``history_<method>.csv``, per-method checkpoints and ``<method>.nc`` (ArviZ) into that folder.
 
     Example::
 
@@ -211,7 +263,10 @@ def run_compare(
             rows.append(row)
             continue
         if method == "is":
-            rows.append(_is_row(task, config, posterior, fits))
+            rows.append(_is_row(task, config, posterior, out))
+            continue
+        if method == "mcmc":
+            rows.append(_mcmc_row(task, config, posterior, out))
             continue
         trainer = _trainer(method, task, config)
         result = fit(
@@ -226,7 +281,7 @@ def run_compare(
             resume=config.resume and out is not None and (out / method / "checkpoint.pt").exists(),
         )
         fits[method] = result
-        rows.append(_policy_row(task, result, posterior, config))
+        rows.append(_policy_row(task, result, posterior, config, out))
         if out is not None:
             write_csv(out / f"history_{method}.csv", result.history)
     metrics = {
@@ -251,9 +306,10 @@ def run_compare(
 
 
 def format_table(metrics: dict, columns: Sequence[str] | None = None) -> str:
-    """The method rows as a fixed-width text table."""
-    columns = list(columns or ROW_FIELDS)
+    """The method rows as a fixed-width text table: the shared fields, then the diagnostics any row has."""
     rows = metrics["methods"]
+    if columns is None:
+        columns = list(ROW_FIELDS) + [c for c in DIAGNOSTIC_FIELDS if any(row.get(c) is not None for row in rows)]
 
     def cell(value) -> str:
         if value is None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .lm import AutoregressiveLM
+from .lm import AutoregressiveLM, TabularPolicy
 from .task import DEFAULT_MAX_ENUMERATION, Task
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "exact_elbo",
     "exact_objective",
     "policy_metrics",
+    "posterior_policy",
 ]
 
 DEFAULT_BATCH_SIZE = 65_536
@@ -92,6 +93,34 @@ class ExactPosterior:
         """The ``k`` most probable sequences ``(k, T)`` and their probabilities ``(k,)``."""
         probs, idx = torch.topk(self.log_probs.exp(), min(k, self.log_probs.numel()))
         return enumerate_sequences(self.vocab_size, self.length)[idx], probs
+
+
+def posterior_policy(task: Task, posterior: ExactPosterior | None = None) -> TabularPolicy:
+    r"""A :class:`~bayes_klrl.lm.TabularPolicy` equal to :math:`\pi^*`: the row of each prefix is the exact
+    conditional :math:`\pi^*(x_t \mid x_{<t})`, from the enumerated posterior's marginals.
+
+    The reference point for proposals and policies: its ELBO is :math:`\log Z`, its importance weights are all
+    :math:`Z`. Zero-probability prefixes get uniform rows (their logits are all :math:`-\infty`, made 0).
+
+    Example::
+
+        >>> q = posterior_policy(task)
+        >>> abs(exact_elbo(task, q) - exact_posterior(task).log_z) < 1e-5
+        True
+    """
+    post = exact_posterior(task) if posterior is None else posterior
+    v, length = task.vocab_size, task.length
+    probs = post.log_probs.exp().reshape([v] * length)
+    rows = []
+    for t in range(length):
+        marginal = probs.sum(dim=tuple(range(t + 1, length))) if t + 1 < length else probs  # (v,)*(t+1)
+        logits = torch.log(marginal.reshape(-1, v))
+        logits = torch.where(torch.isinf(logits).all(-1, keepdim=True), torch.zeros_like(logits), logits)
+        rows.append(logits.float())
+    policy = TabularPolicy(task.prior, length)
+    with torch.no_grad():
+        policy.logits.copy_(torch.cat(rows).to(policy.logits.device))
+    return policy
 
 
 def _expectation(log_p: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

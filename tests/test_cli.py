@@ -74,6 +74,35 @@ def test_compare_on_user_model_file(user_model, tmp_path, capsys):
     assert "kl_q_to_posterior" in capsys.readouterr().out
 
 
+# samplers on the user task: IS and MCMC land near the exact posterior mean; the done-when bounds
+IS_LOG_Z_TOL, IS_REWARD_TOL, MCMC_REWARD_TOL, MCMC_RHAT_MAX = 0.05, 0.05, 0.06, 1.05
+
+
+@pytest.mark.parametrize("kernel", ["gibbs", "imh"])
+def test_compare_samplers_rows_and_inference_data(kernel, user_model, tmp_path, capsys):
+    import arviz as az
+
+    out = tmp_path / "run"
+    argv = ["compare", str(user_model), "--methods", "exact,is,mcmc,rl", "--steps", "100", "--num-sequences", "256"]
+    argv += ["--mcmc-kernel", kernel, "--chains", "8", "--draws", "1000", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    exact = metrics["exact"]
+    rows = {row["method"]: row for row in metrics["methods"]}
+    assert all(set(r) >= ROW_KEYS for r in rows.values())
+    assert abs(rows["is"]["log_z"] - exact["log_z"]) < IS_LOG_Z_TOL
+    assert abs(rows["is"]["expected_reward"] - exact["expected_reward"]) < IS_REWARD_TOL
+    assert {"ess", "khat"} <= set(rows["is"]) and 0 < rows["is"]["ess"] <= 1
+    assert rows["mcmc"]["kernel"] == kernel and rows["mcmc"]["rhat"] <= MCMC_RHAT_MAX
+    assert abs(rows["mcmc"]["expected_reward"] - exact["expected_reward"]) < MCMC_REWARD_TOL
+    assert rows["mcmc"]["ess_bulk"] > 100
+    assert rows["rl"]["khat"] is not None
+    for method in ("is", "mcmc", "rl"):
+        idata = az.from_netcdf(out / f"{method}.nc")
+        assert idata.posterior["tokens"].sizes["position"] == 4
+    assert "rhat" in capsys.readouterr().out
+
+
 def test_set_overrides_task_arguments(user_model, tmp_path):
     out = tmp_path / "run"
     assert main(["compare", str(user_model), "--methods", "exact", "--set", "length=2", "--out", str(out)]) == 0

@@ -1,0 +1,162 @@
+r"""The ArviZ boundary: every method's draws as one :class:`arviz.InferenceData`, a diagnostics table, NetCDF.
+
+Each method's draws become an InferenceData of the same shape:
+
+- ``posterior``: ``tokens`` (``chain, draw, position``, integers in ``0..V-1``) and the scalar summaries
+  ``reward`` :math:`r(x)`, ``log_prior`` :math:`\log\pi_0(x)`, ``reward_over_beta`` :math:`r(x)/\beta` (the
+  log-likelihood of the program; not named ``log_likelihood``, which ArviZ reserves for its own group) and,
+  where a proposal or policy drew them, ``log_q`` :math:`\log q(x)`;
+- ``sample_stats``: per draw, ``accept_prob`` (MCMC) or ``log_weight`` and the PSIS-smoothed, normalized
+  ``psis_log_weight`` (importance sampling and policies: the draws come from :math:`q`, not from
+  :math:`\pi^*`; weight them by :math:`w = \pi_0 e^{r/\beta}/q` before reading them as posterior draws);
+- ``attrs``: ``method``, ``task``, ``beta``, ``vocab_size``, ``length``, and ``weighted`` (``1`` when the
+  posterior group holds proposal draws to be reweighted).
+
+Only MCMC draws are correlated draws of :math:`\pi^*` in several chains; :func:`diagnostics_table` gives their
+R-hat, bulk and tail ESS and MCSE. :func:`save_netcdf` writes atomically, so a reader never sees half a file.
+
+Example::
+
+    >>> result = run_mcmc(task, "gibbs", num_chains=4, num_samples=500)
+    >>> idata = mcmc_inference_data(task, result)
+    >>> diagnostics_table(idata).loc["reward", "r_hat"] < 1.01
+    True
+    >>> save_netcdf(idata, "runs/markov/mcmc.nc")
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import torch
+
+from .infer.importance import ImportanceResult
+from .infer.mcmc import MCMCResult
+from .storage import atomic_write
+from .task import Task
+
+__all__ = [
+    "SCALAR_SUMMARIES",
+    "diagnostics_table",
+    "importance_inference_data",
+    "load_netcdf",
+    "mcmc_inference_data",
+    "save_netcdf",
+    "scalar_diagnostics",
+]
+
+#: the scalar variables of the posterior group whose diagnostics :func:`diagnostics_table` reports
+SCALAR_SUMMARIES = ("reward", "log_prior", "reward_over_beta", "log_q")
+
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy()
+
+
+def _attrs(task: Task, method: str, weighted: bool, **extra) -> dict:
+    attrs = {
+        "method": method,
+        "task": task.name,
+        "beta": float(task.beta),
+        "vocab_size": int(task.vocab_size),
+        "length": int(task.length),
+        "weighted": int(weighted),
+    }
+    attrs.update({k: v for k, v in extra.items() if v is not None})
+    return attrs
+
+
+def _from_dict(posterior: dict, sample_stats: dict, attrs: dict) -> az.InferenceData:
+    idata = az.from_dict(
+        posterior=posterior,
+        sample_stats=sample_stats,
+        dims={"tokens": ["position"]},
+        coords={"position": np.arange(attrs["length"])},
+    )
+    for group in idata.groups():
+        idata[group].attrs.update(attrs)
+    return idata
+
+
+def mcmc_inference_data(task: Task, result: MCMCResult) -> az.InferenceData:
+    """MCMC draws ``(chains, draws, T)`` of :func:`~bayes_klrl.infer.mcmc.run_mcmc` as InferenceData.
+
+    ``sample_stats`` holds ``accept_prob`` (1 for Gibbs) and ``moved`` (fraction of the step's updates that
+    changed the sequence).
+    """
+    if result.draws.shape[-1] != task.length:
+        raise ValueError(f"the draws have length {result.draws.shape[-1]}; the task has length {task.length}")
+    posterior = {
+        "tokens": _np(result.draws).astype(np.int64),
+        "reward": _np(result.rewards),
+        "log_prior": _np(result.log_prior),
+        "reward_over_beta": _np(result.log_likelihood),
+    }
+    if result.log_q is not None:
+        posterior["log_q"] = _np(result.log_q)
+    stats = {"accept_prob": _np(result.accept_prob), "moved": _np(result.moved)}
+    return _from_dict(
+        posterior, stats, _attrs(task, "mcmc", False, kernel=result.kernel, num_warmup=result.num_warmup)
+    )
+
+
+def importance_inference_data(task: Task, result: ImportanceResult, method: str = "is") -> az.InferenceData:
+    """Importance-sampling draws from the proposal (one chain) with their log weights, as InferenceData.
+
+    Used for the ``is`` method (proposal: the prior) and for a trained policy (``method`` its name), whose
+    draws and weights :math:`\\pi_0 e^{r/\\beta}/q` give its Pareto :math:`\\hat k`.
+    """
+    if result.sequences.shape[-1] != task.length:
+        raise ValueError(f"the draws have length {result.sequences.shape[-1]}; the task has length {task.length}")
+    posterior = {
+        "tokens": _np(result.sequences)[None].astype(np.int64),
+        "reward": _np(result.rewards)[None],
+        "log_prior": _np(result.log_prior)[None],
+        "reward_over_beta": (_np(result.rewards) / task.beta)[None],
+        "log_q": _np(result.log_q)[None],
+    }
+    stats = {"log_weight": _np(result.log_weights)[None], "psis_log_weight": _np(result.smoothed_log_weights)[None]}
+    return _from_dict(
+        posterior, stats, _attrs(task, method, True, khat=result.khat, log_z=result.log_z, ess=result.ess)
+    )
+
+
+def diagnostics_table(idata: az.InferenceData, var_names=SCALAR_SUMMARIES):
+    """R-hat, bulk and tail ESS and MCSE of the scalar summaries: a :class:`pandas.DataFrame` indexed by
+    variable, columns ``mcse_mean, mcse_sd, ess_bulk, ess_tail, r_hat`` (``az.summary(kind="diagnostics")``).
+
+    Constant variables (a reward that never changes) give NaN diagnostics rather than an error.
+    """
+    present = [v for v in var_names if v in idata.posterior.data_vars]
+    if not present:
+        raise ValueError(f"none of {', '.join(var_names)} is in the posterior group")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return az.summary(idata, var_names=present, kind="diagnostics", round_to="none")
+
+
+def scalar_diagnostics(idata: az.InferenceData, var: str = "reward") -> dict:
+    """``{"rhat", "ess_bulk", "ess_tail", "mcse_mean"}`` of one scalar variable, as plain floats (NaN → None)."""
+    row = diagnostics_table(idata, (var,)).loc[var]
+
+    def value(key: str):
+        x = float(row[key])
+        return x if np.isfinite(x) else None
+
+    return {"rhat": value("r_hat"), "ess_bulk": value("ess_bulk"), "ess_tail": value("ess_tail"),
+            "mcse_mean": value("mcse_mean")}
+
+
+def save_netcdf(idata: az.InferenceData, path: str | os.PathLike) -> Path:
+    """Write ``idata`` to ``path`` atomically (a temporary file in the same folder, then a rename)."""
+    return atomic_write(path, lambda tmp: idata.to_netcdf(tmp))
+
+
+def load_netcdf(path: str | os.PathLike) -> az.InferenceData:
+    """Read an InferenceData written by :func:`save_netcdf` (``az.from_netcdf``), with a clear error if absent."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no InferenceData file at {path}")
+    return az.from_netcdf(path)
