@@ -63,6 +63,10 @@ class ReinforceTrainer(_TorchOptimizerMixin, Trainer):
 
     :param int num_sequences: sequences sampled (and rewards evaluated) per step.
     :param float lr: Adam learning rate.
+    :param bool kl_penalty: put :math:`-\beta(\log q - \log\pi_0)` in the reward (the default). With
+        ``False`` the learning signal is :math:`r(x)` alone: plain reward maximization, whose optimum is a point
+        mass on :math:`\arg\max r` (distribution collapse). The reported ``objective_estimate`` is still
+        :math:`r - \beta\,\mathrm{KL}`.
 
     Example::
 
@@ -71,11 +75,20 @@ class ReinforceTrainer(_TorchOptimizerMixin, Trainer):
 
     method = "rl"
 
-    def __init__(self, task: Task, policy: AutoregressiveLM, num_sequences: int = 1024, *, lr: float = 0.02):
+    def __init__(
+        self,
+        task: Task,
+        policy: AutoregressiveLM,
+        num_sequences: int = 1024,
+        *,
+        lr: float = 0.02,
+        kl_penalty: bool = True,
+    ):
         super().__init__(task, policy, num_sequences)
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
+        self.kl_penalty = bool(kl_penalty)
 
     def step(self) -> dict[str, float]:
         task, beta = self.task, self.task.beta
@@ -86,7 +99,7 @@ class ReinforceTrainer(_TorchOptimizerMixin, Trainer):
             r = task.rewards(x)
             kl = log_q.detach() - log_prior  # k1, per sequence
             shaped = r - beta * kl  # (N,) the KL-in-reward return
-            usable = floor_infeasible(shaped)
+            usable = floor_infeasible(shaped if self.kl_penalty else r)
             advantage = usable - leave_one_out_baseline(usable)
         loss = -(advantage * log_q).mean()
         self.optimizer.zero_grad(set_to_none=True)
