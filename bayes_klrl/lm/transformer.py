@@ -12,9 +12,9 @@ position :math:`t`. With learned token and position embeddings :math:`W_e, P` an
 
 where :math:`\mathrm{Attn}` is multi-head self-attention masked so that position :math:`t` sees positions
 :math:`\le t`. BOS is the extra input token with index :math:`V`; it is never an output, so :meth:`start`
-hands out the logits of the first token. :meth:`step` keeps the prefix as its state and recomputes the
-forward pass (sequences are a handful of tokens long); :meth:`token_log_probs` scores a batch of whole
-sequences in one teacher-forced pass.
+hands out the logits of the first token. :meth:`step` keeps the attention keys and values of the positions read
+so far (a KV cache) and runs the new position only; :meth:`token_log_probs` scores a batch of whole sequences
+in one teacher-forced pass.
 
 A checkpoint (:meth:`TinyTransformerLM.save`, :meth:`TinyTransformerLM.load`) is one small file holding the
 config, the ``state_dict`` and optional plain-value metadata.
@@ -142,6 +142,19 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
         return self.proj(y)
 
+    def forward_last(self, h: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None):
+        """Attention output at one new position ``h`` ``(B, 1, D)`` given the keys and values of the earlier
+        positions ``cache`` (``None`` or two ``(B, H, t, D/H)``); returns the output and the extended cache."""
+        B, _, D = h.shape
+        H = self.n_head
+        q, k, v = (z.view(B, 1, H, D // H).transpose(1, 2) for z in self.qkv(h).split(D, dim=-1))  # (B, H, 1, D/H)
+        if cache is not None:
+            k = torch.cat([cache[0], k], dim=2)  # (B, H, t+1, D/H)
+            v = torch.cat([cache[1], v], dim=2)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(D // H)  # (B, H, 1, t+1): the new position sees all
+        y = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, 1, D)  # (B, 1, D)
+        return self.proj(y), (k, v)
+
 
 class MLP(nn.Module):
     r""":math:`W_2\,\mathrm{GELU}(W_1 h)`, position-wise."""
@@ -168,6 +181,12 @@ class Block(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = h + self.attn(self.ln_attn(h))  # (B, T, D)
         return h + self.mlp(self.ln_mlp(h))  # (B, T, D)
+
+    def forward_last(self, h: torch.Tensor, cache):
+        """The block at one new position ``h`` ``(B, 1, D)`` with the attention cache of the earlier ones."""
+        a, cache = self.attn.forward_last(self.ln_attn(h), cache)
+        h = h + a
+        return h + self.mlp(self.ln_mlp(h)), cache
 
 
 class TinyTransformerLM(AutoregressiveLM):
@@ -241,15 +260,32 @@ class TinyTransformerLM(AutoregressiveLM):
         return self.head(self.ln_final(h))  # (B, t+1, V)
 
     # -- the AutoregressiveLM protocol --------------------------------------------------
-    def start(self, num_sequences: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """First-token logits ``(N, V)``; the state is the empty prefix ``(N, 0)``."""
-        prefix = torch.empty(int(num_sequences), 0, dtype=torch.long, device=self.device)  # (N, 0)
-        return self.forward(prefix)[:, -1], prefix
+    def _advance(self, tokens: torch.Tensor, position: int, caches):
+        """Run one input position (``tokens`` ``(N,)`` at ``position``) through every block with the caches."""
+        if position >= self.config.max_length:
+            raise ValueError(
+                f"this TinyTransformerLM scores at most max_length={self.config.max_length} tokens; "
+                f"a prefix of {position} tokens asks for position {position + 1}"
+            )
+        pos = torch.full((1,), position, dtype=torch.long, device=self.device)
+        h = self.token_embedding(tokens.reshape(-1, 1)) + self.position_embedding(pos)  # (N, 1, D)
+        new_caches = []
+        for block, cache in zip(self.blocks, caches):
+            h, cache = block.forward_last(h, cache)
+            new_caches.append(cache)
+        return self.head(self.ln_final(h))[:, -1], (position + 1, tuple(new_caches))  # (N, V)
 
-    def step(self, tokens: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append ``tokens`` ``(N,)`` to the prefix ``state`` ``(N, t)``; logits ``(N, V)`` of the next token."""
-        prefix = torch.cat([state, tokens.to(state.device).reshape(-1, 1)], dim=1)  # (N, t+1)
-        return self.forward(prefix)[:, -1], prefix
+    def start(self, num_sequences: int) -> tuple[torch.Tensor, tuple]:
+        """First-token logits ``(N, V)``; the state holds the number of positions read and, per block, the
+        attention keys and values of those positions (a KV cache), so each :meth:`step` costs one position."""
+        bos = torch.full((int(num_sequences),), self.bos, dtype=torch.long, device=self.device)
+        return self._advance(bos, 0, (None,) * len(self.blocks))
+
+    def step(self, tokens: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+        """Feed ``tokens`` ``(N,)`` at the next position; logits ``(N, V)`` of the token after it."""
+        _check_tokens(tokens.reshape(-1, 1), "tokens", self.vocab_size)
+        position, caches = state
+        return self._advance(tokens.to(device=self.device, dtype=torch.long), position, caches)
 
     def next_token_logits(self, prefixes: torch.Tensor) -> torch.Tensor:
         return self.forward(prefixes)[:, -1]  # (N, V)
