@@ -1,13 +1,14 @@
 """The ``bayes-klrl`` command line (also ``python -m bayes_klrl``).
 
 Subcommands: ``compare`` (run methods on a task and score them against the exact posterior), ``tasks``
-(list the shipped tasks). Errors in user input print one line and exit with status 2.
+(list the shipped tasks) and ``bench`` (speed and sample-efficiency ratios measured side by side). Errors in user input print one line and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import importlib
 import sys
 from pathlib import Path
 
@@ -29,7 +30,9 @@ def _override(text: str) -> tuple[str, object]:
     return key.strip(), parsed
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """The argument parser; with ``suppress_defaults`` the compare options the user did not give are absent from
+    the parsed namespace (how a model file's ``COMPARE_DEFAULTS`` fill in only what the command line left open)."""
     from .compare import METHODS, CompareConfig
 
     defaults = CompareConfig()
@@ -108,39 +111,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (%(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    if suppress_defaults:
+        for action in p._actions:
+            if action.dest not in ("help", "model"):
+                action.default = argparse.SUPPRESS
 
     sub.add_parser(
         "tasks", help="list the shipped tasks", description="List shipped tasks with V, T, beta, enumerability."
     )
+    for name, module, help_text in (
+        ("bench", "bench", "measure speed and sample-efficiency ratios side by side"),
+    ):
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        importlib.import_module(f".{module}", __package__).add_arguments(p)
     return parser
 
 
-def _compare(args) -> int:
+def _compare(args, given: set[str]) -> int:
+    import dataclasses
+
     from .compare import CompareConfig, format_table, run_compare
-    from .modelfile import load_task
+    from .modelfile import compare_defaults, load_task
 
     task = load_task(args.model, **dict(args.overrides))
     if args.beta is not None:
         task = task.replace(beta=args.beta)
-    config = CompareConfig(
-        methods=args.methods,
-        steps=args.steps,
-        num_sequences=args.num_sequences,
-        lr=args.lr,
-        seed=args.seed,
-        policy=args.policy,
-        estimator=args.estimator,
-        kl_estimator=args.kl_estimator,
-        kl_target=args.kl_target,
-        log_every=args.log_every,
-        eval_samples=args.eval_samples,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        mcmc_kernel=args.mcmc_kernel,
-        chains=args.chains,
-        draws=args.draws,
-        warmup=args.warmup,
-    )
+    fields = {f.name for f in dataclasses.fields(CompareConfig)}
+    from_file = compare_defaults(args.model)  # the model file's COMPARE_DEFAULTS, below the command line
+    config = CompareConfig(**{**from_file, **{k: v for k, v in vars(args).items() if k in fields and k in given}})
+    used = [k for k in from_file if k not in given]
+    if used:
+        print("model file defaults: " + ", ".join(f"{k}={from_file[k]}" for k in used))
     enumerable = f"{task.num_sequences:,} sequences, enumerable" if task.is_enumerable() else "not enumerable"
     print(f"task {task.name}: V={task.vocab_size}, T={task.length}, beta={task.beta:g} ({enumerable})")
     comparison = run_compare(task, config, args.out, progress=not args.no_progress)
@@ -174,12 +175,20 @@ def _tasks(args) -> int:
     return 0
 
 
-COMMANDS = {"compare": _compare, "tasks": _tasks}
+def _bench(args) -> int:
+    from .bench import command
+
+    return command(args)
+
+
+COMMANDS = {"tasks": _tasks, "bench": _bench}  # compare: see main()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "compare":
+            return _compare(args, set(vars(build_parser(suppress_defaults=True).parse_args(argv))))
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as exc:  # user input: one line, no traceback
         print(f"bayes-klrl: error: {exc}", file=sys.stderr)

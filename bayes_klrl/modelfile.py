@@ -2,7 +2,9 @@
 
 The shipped tasks under the repository's ``models/`` folder follow the same convention and are found by
 name (``"markov"`` is ``models/markov.py``). A model file may also define ``describe() -> dict`` with
-``vocab_size``, ``length`` and ``beta`` so that listing it does not have to load a large LM.
+``vocab_size``, ``length`` and ``beta`` so that listing it does not have to load a large LM, and
+``COMPARE_DEFAULTS``, a dict of :class:`~bayes_klrl.compare.CompareConfig` fields (``steps``, ``lr``, …) that
+``bayes-klrl compare`` uses where the command line gives none (a real LM wants a smaller learning rate).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from .task import Task
 
-__all__ = ["ModelFileError", "describe_model", "load_task", "models_dir", "resolve_model", "shipped_tasks"]
+__all__ = ["ModelFileError", "compare_defaults", "describe_model", "load_task", "models_dir", "resolve_model", "shipped_tasks"]
 
 
 class ModelFileError(ValueError):
@@ -111,3 +113,26 @@ def describe_model(path: Path) -> dict:
         return dict(module.describe())
     task = _call_task(module, path, {})
     return {"vocab_size": task.vocab_size, "length": task.length, "beta": task.beta}
+
+
+def compare_defaults(spec: str | Path) -> dict:
+    """The model file's ``COMPARE_DEFAULTS`` (``{}`` if it has none), checked against the compare settings.
+
+    :raises ModelFileError: if it is not a dict of known :class:`~bayes_klrl.compare.CompareConfig` fields.
+    """
+    import dataclasses
+
+    from .compare import CompareConfig
+
+    path = resolve_model(str(spec))
+    value = getattr(_import(path), "COMPARE_DEFAULTS", {})
+    if not isinstance(value, dict):
+        raise ModelFileError(f"model file '{path}': COMPARE_DEFAULTS must be a dict, got {type(value).__name__}")
+    known = {f.name for f in dataclasses.fields(CompareConfig)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ModelFileError(
+            f"model file '{path}': COMPARE_DEFAULTS has unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    return dict(value)

@@ -30,6 +30,9 @@ QUESTION = "Write one sentence about a movie you watched."
 POSITIVE = ("This movie was wonderful, I loved it.", "A great, happy and delightful experience.")
 NEGATIVE = ("This movie was terrible, I hated it.", "An awful, sad and boring experience.")
 VOCAB_SIZE = 49152
+#: ``bayes-klrl compare`` settings where the command line gives none: a LoRA-sized learning rate and a run of a
+#: few minutes on 2 CPU cores (a REINFORCE step of 8 sequences takes about 4 s, an SVI step about 7 s)
+COMPARE_DEFAULTS = {"steps": 10, "num_sequences": 8, "eval_samples": 32, "lr": 1e-3, "log_every": 5}
 
 
 @functools.lru_cache(maxsize=2)

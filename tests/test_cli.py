@@ -188,3 +188,22 @@ def test_same_seed_gives_identical_metrics_wall_times_aside(user_model, tmp_path
             row.pop("wall_seconds")
         docs.append(doc)
     assert docs[0] == docs[1]
+
+
+def test_model_file_compare_defaults_sit_below_the_command_line(tmp_path, capsys):
+    path = tmp_path / "with_defaults.py"
+    path.write_text(USER_MODEL + '\nCOMPARE_DEFAULTS = {"steps": 7, "num_sequences": 16, "lr": 0.05}\n')
+    out = tmp_path / "o"
+    assert main(["compare", str(path), "--methods", "rl", "--num-sequences", "32", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 7 and metrics["num_sequences"] == 32  # the file's steps, the command line's batch
+    assert metrics["methods"][0]["reward_evaluations"] == 7 * 32
+    assert "model file defaults: steps=7, lr=0.05\n" in capsys.readouterr().out
+
+
+def test_bad_compare_defaults_is_a_one_line_error(tmp_path, capsys):
+    path = tmp_path / "bad_defaults.py"
+    path.write_text(USER_MODEL + '\nCOMPARE_DEFAULTS = {"stepz": 7}\n')
+    assert main(["compare", str(path), "--methods", "exact", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "COMPARE_DEFAULTS has unknown setting(s) stepz" in err and str(path) in err and "\n" not in err
