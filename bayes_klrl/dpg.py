@@ -17,12 +17,17 @@ with the unnormalized target :math:`P(x) = \pi_0(x)\,e^{r(x)/\beta}` (so :math:`
 .. math::
 
     \hat g = -\sum_i c_i\,\nabla_\theta\log q_\theta(x_i), \qquad
-    c_i = \bar w_i = \frac{w_i}{\sum_j w_j}\ \text{(self-normalized, the default)}
-    \quad\text{or}\quad c_i = \frac{w_i}{N Z}\ \text{(given } \log Z\text{: unbiased)}.
+    c_i = \frac{w_i}{N Z}\ \text{(unbiased, given } \log Z\text{)} \quad\text{or}\quad
+    c_i = \bar w_i = \frac{w_i}{\sum_j w_j}\ \text{(self-normalized within the batch)}.
 
-The self-normalized estimate is consistent with an :math:`O(1/N)` bias. When the proposal is the policy
-itself, :math:`\mathbb{E}_q[\nabla\log q] = 0`, so subtracting :math:`1/N` from every :math:`c_i` (a baseline)
-leaves the expectation unchanged and lowers the variance.
+:math:`Z` is rarely known. Normalizing by the batch's own weights (``normalize="batch"``) is consistent with an
+:math:`O(1/N)` bias that is not harmless: when the policy misses a region of high :math:`\pi^*` mass, that
+region is absent from most batches, and each batch's normalized weights then send the policy further away from
+it. The default (``normalize="running"``) divides by a running estimate
+:math:`\hat Z_t = \frac{1}{tN}\sum_{s\le t}\sum_i w^{(s)}_i` over every batch so far (each batch mean is an
+unbiased estimate of :math:`Z` whatever the proposal was), as GDC estimates :math:`Z` once over many samples.
+When the proposal is the policy itself, :math:`\mathbb{E}_q[\nabla\log q] = 0`, so subtracting :math:`1/N`
+from every :math:`c_i` (a baseline) leaves the expectation unchanged and lowers the variance.
 
 Proposals (``proposal=``): ``"policy"`` (on-policy, :math:`q' = q_\theta` detached), ``"prior"``
 (:math:`q' = \pi_0`, the original DPG) or ``"refresh"`` (GDC's off-policy variant: :math:`q'` is a frozen copy
@@ -49,9 +54,10 @@ from .lm import AutoregressiveLM
 from .task import DEFAULT_MAX_ENUMERATION, Task
 from .training import Trainer
 
-__all__ = ["PROPOSALS", "DPGTrainer", "dpg_coefficients", "dpg_surrogate", "exact_forward_kl"]
+__all__ = ["NORMALIZATIONS", "PROPOSALS", "DPGTrainer", "dpg_coefficients", "dpg_surrogate", "exact_forward_kl"]
 
 PROPOSALS = ("policy", "prior", "refresh")
+NORMALIZATIONS = ("running", "batch")
 
 
 def dpg_coefficients(log_weights: torch.Tensor, *, log_z: float | None = None, baseline: bool = False) -> torch.Tensor:
@@ -136,8 +142,9 @@ class DPGTrainer(Trainer):
     :param float lr: Adam learning rate.
     :param str proposal: ``"policy"`` (on-policy), ``"prior"`` or ``"refresh"`` (GDC: a frozen copy of the
         policy, replaced when the policy is estimated to be closer to :math:`\pi^*`).
-    :param log_z: :math:`\log Z` if known (e.g. from enumeration): unbiased, unnormalized weights. By
-        default the weights are self-normalized.
+    :param log_z: :math:`\log Z` if known (e.g. from enumeration): unbiased weights :math:`w_i/(NZ)`.
+    :param str normalize: without ``log_z``: ``"running"`` (divide by the running estimate of :math:`Z` over all
+        batches so far, the default) or ``"batch"`` (self-normalize within each batch).
     :param bool baseline: with ``proposal="policy"``, subtract :math:`1/N` from each coefficient (default on).
 
     Example::
@@ -157,6 +164,7 @@ class DPGTrainer(Trainer):
         lr: float = 0.02,
         proposal: str = "policy",
         log_z: float | None = None,
+        normalize: str = "running",
         baseline: bool = True,
     ):
         super().__init__(task, policy, num_sequences)
@@ -166,6 +174,11 @@ class DPGTrainer(Trainer):
             raise ValueError(f"unknown DPG proposal {proposal!r}; choose one of {', '.join(PROPOSALS)}")
         if log_z is not None and not math.isfinite(log_z):
             raise ValueError(f"log_z must be finite, got {log_z}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalize {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
+        self.normalize = normalize
+        self._log_w_sum = -math.inf  # logsumexp of every log-weight seen (the running estimate of Z)
+        self._num_weights = 0
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
         self.proposal = proposal
         self.log_z = None if log_z is None else float(log_z)
@@ -195,11 +208,18 @@ class DPGTrainer(Trainer):
             else:
                 log_proposal = proposal.log_prob(x).double()
             log_w = log_target - log_proposal  # (N,)
-        stats = {"reward_mean": float(r.mean())}
+        # every batch mean of w is an unbiased estimate of Z, whatever the proposal was: pool them
+        self._log_w_sum = float(torch.logaddexp(torch.tensor(self._log_w_sum).double(), torch.logsumexp(log_w, 0)))
+        self._num_weights += log_w.numel()
+        log_z_running = self._log_w_sum - math.log(self._num_weights)
+        stats = {"reward_mean": float(r.mean()), "log_z_running": log_z_running}
         finite = torch.isfinite(log_w)
         if not finite.any():  # no sample in the support: nothing to learn from this batch
             return {**stats, "log_z_estimate": -math.inf, "ess": 0.0, "forward_kl_estimate": math.nan}
-        loss = dpg_surrogate(log_q, log_w, log_z=self.log_z, baseline=self.baseline)
+        log_z = self.log_z
+        if log_z is None and self.normalize == "running":
+            log_z = log_z_running
+        loss = dpg_surrogate(log_q, log_w, log_z=log_z, baseline=self.baseline)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -227,9 +247,12 @@ class DPGTrainer(Trainer):
         return {
             "optimizer": self.optimizer.state_dict(),
             "proposal": None if self._frozen is None else self._frozen.state_dict(),
+            "log_w_sum": self._log_w_sum,
+            "num_weights": self._num_weights,
         }
 
     def load_optimizer_state(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("proposal") is not None and self._frozen is not None:
             self._frozen.load_state_dict(state["proposal"])
+        self._log_w_sum, self._num_weights = state["log_w_sum"], state["num_weights"]
