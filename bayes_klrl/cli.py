@@ -131,7 +131,8 @@ def _compare(args, given: set[str]) -> int:
     import dataclasses
 
     from .compare import CompareConfig, format_table, run_compare
-    from .modelfile import compare_defaults, load_task
+    from .modelfile import compare_defaults, load_task, resolve_model
+    from .task import RewardError
 
     task = load_task(args.model, **dict(args.overrides))
     if args.beta is not None:
@@ -144,7 +145,10 @@ def _compare(args, given: set[str]) -> int:
         print("model file defaults: " + ", ".join(f"{k}={from_file[k]}" for k in used))
     enumerable = f"{task.num_sequences:,} sequences, enumerable" if task.is_enumerable() else "not enumerable"
     print(f"task {task.name}: V={task.vocab_size}, T={task.length}, beta={task.beta:g} ({enumerable})")
-    comparison = run_compare(task, config, args.out, progress=not args.no_progress)
+    try:
+        comparison = run_compare(task, config, args.out, progress=not args.no_progress)
+    except RewardError as exc:  # the reward passed the construction check but failed on a later batch
+        raise ValueError(f"model file '{resolve_model(args.model)}': {exc}") from exc
     exact = comparison.metrics["exact"]
     if exact is not None:
         print(

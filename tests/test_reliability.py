@@ -287,17 +287,12 @@ def test_missing_model_file_is_named(tmp_path, capsys):
 LATE_NAN = with_reward("torch.where((x[:, 0] == 2) & (x.shape[0] > 4), math.nan, 1.0)")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a reward that passes the 4-sequence construction probe but fails on a later batch is reported "
-    "without the model file's name (cli/modelfile should prefix RewardError raised during a run)",
-)
 def test_reward_failing_after_the_construction_probe_names_the_file(tmp_path, capsys):
     path = tmp_path / "late_nan.py"
     path.write_text(LATE_NAN)
     code = main(["compare", str(path), "--methods", "exact", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "NaN" in err  # this part holds today
+    assert code == 2 and len(err.splitlines()) == 1 and "NaN" in err
     assert str(path) in err
 
 
