@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -464,36 +463,56 @@ def plot_khat(folder: str | Path) -> list[Path]:
 
 
 @_styled
-def plot_mcmc(folder: str | Path, variables: Sequence[str] = ("reward",)) -> list[Path]:
-    """``mcmc_diagnostics.png`` (ArviZ trace, rank and ESS plots per kernel) from ``mcmc_<kernel>.nc`` and
-    ``diagnostics.csv``."""
+def plot_mcmc(folder: str | Path, variable: str = "log_target") -> list[Path]:
+    """``mcmc_diagnostics.png`` (ArviZ trace, rank and ESS plots of one scalar summary, a row per kernel) from
+    ``mcmc_<kernel>.nc``, ``diagnostics.csv`` and ``summary.json``."""
     import arviz as az
 
     folder = Path(folder)
     diagnostics = pd.read_csv(folder / "diagnostics.csv")
     summary = _read_json(folder / "summary.json")
     kernels = list(dict.fromkeys(diagnostics["kernel"]))
-    var = variables[0]
-    fig, axes = _figure(len(kernels), 4, (17.0, 3.7 * len(kernels)))
+    names = {"log_target": "log π0(x) + r(x)/β", "log_prior": "log π0(x)", "reward": "r(x)"}
+    shown = names.get(variable, variable)
+    fig, axes = _figure(len(kernels), 4, (17.0, 3.9 * len(kernels)))
     for i, kernel in enumerate(kernels):
         idata = az.from_netcdf(folder / f"mcmc_{kernel}.nc")
-        row = diagnostics[(diagnostics["kernel"] == kernel) & (diagnostics["variable"] == var)].iloc[0]
+        table = diagnostics[diagnostics["kernel"] == kernel].set_index("variable")
+        row = table.loc[variable]
         ax_dist, ax_trace, ax_rank, ax_ess = axes[i]
-        az.plot_trace(idata, var_names=[var], axes=np.array([[ax_dist, ax_trace]]), compact=False)
-        az.plot_rank(idata, var_names=[var], ax=ax_rank)
-        az.plot_ess(idata, var_names=[var], kind="evolution", ax=ax_ess)
-        name = NAMES.get(kernel, kernel)
-        ax_dist.set(title=f"{name}\n{var}: density per chain", xlabel=f"{var} (task units)", ylabel="density")
-        ax_trace.set(title=f"trace (R-hat {row['r_hat']:.3f})", xlabel="draw", ylabel=var)
-        ax_rank.set(
-            title="rank plot (uniform bars = chains agree)", xlabel="rank of the draw among all chains", ylabel="chain"
+        az.plot_trace(idata, var_names=[variable], axes=np.array([[ax_dist, ax_trace]]), compact=False)
+        az.plot_rank(idata, var_names=[variable], ax=ax_rank)
+        az.plot_ess(idata, var_names=[variable], kind="evolution", ax=ax_ess)
+        others = ", ".join(f"{names.get(v, v)} {table.loc[v, 'r_hat']:.3f}" for v in table.index if v != variable)
+        for ax in axes[i]:
+            ax.tick_params(labelsize=9)
+        ax_dist.set(
+            title=f"{NAMES.get(kernel, kernel)}\nacceptance {row['acceptance_rate']:.2f}; density of {shown} per chain",
+            xlabel=f"{shown} (nats)",
+            ylabel="density",
         )
+        ax_trace.set(
+            title=f"trace: R-hat {row['r_hat']:.3f}\n(R-hat of {others})",
+            xlabel="draw (after warm-up)",
+            ylabel=f"{shown} (nats)",
+        )
+        ax_rank.set(title="rank plot: flat bars when the chains agree", xlabel="rank among all draws", ylabel="chain")
         ax_ess.set(
-            title=f"ESS: bulk {row['ess_bulk']:.0f}, tail {row['ess_tail']:.0f} of {int(row['draws']):,} draws",
+            title=f"ESS of {shown}: bulk {row['ess_bulk']:.0f}, tail {row['ess_tail']:.0f}\nof {int(row['draws']):,} draws",
             xlabel="draws kept (all chains)",
             ylabel="effective sample size",
         )
+        handles, labels = ax_ess.get_legend_handles_labels()
+        ax_ess.legend(handles, [f"{label} ESS" for label in labels] + [], loc="upper left", fontsize=8.5)
+        ax_ess.text(0.99, 400, "400 ", transform=ax_ess.get_yaxis_transform(), ha="right", va="bottom", fontsize=8)
     exact = summary.get("exact_expected_reward")
-    extra = f"; exact E_π*[r] = {exact:.3f}" if exact is not None else ""
-    fig.suptitle(f"MCMC diagnostics (ArviZ) on task '{summary['task']}' (β = {summary['beta']:g}{extra})", fontsize=12)
+    estimates = ", ".join(
+        f"{k} {diagnostics[diagnostics['kernel'] == k]['expected_reward'].iloc[0]:.3f}" for k in kernels
+    )
+    extra = f"; E_π*[r]: exact {exact:.3f}, {estimates}" if exact is not None else ""
+    fig.suptitle(
+        f"MCMC diagnostics (ArviZ) on task '{summary['task']}' (β = {summary['beta']:g}{extra})\n"
+        "trust the chains only with R-hat < 1.01 and bulk ESS > 400 (dashed line)",
+        fontsize=12,
+    )
     return [_save(fig, folder / "mcmc_diagnostics.png")]

@@ -775,6 +775,10 @@ class MCMCConfig(_Config):
             raise ValueError("num_chains must be >= 2 (R-hat compares chains)")
 
 
+#: scalar summaries of each draw whose R-hat and ESS are reported
+MCMC_SUMMARIES = ("log_target", "log_prior", "reward")
+
+
 def _inference_data(task: Task, result):
     """The MCMC draws as InferenceData: :mod:`bayes_klrl.diagnostics` when present, else ``az.from_dict``."""
     try:
@@ -798,8 +802,9 @@ def _inference_data(task: Task, result):
 
 
 def run_mcmc_diagnostics(config: MCMCConfig, out: str | Path, *, progress: bool = False) -> dict:
-    """Run each kernel; write ``mcmc_<kernel>.nc`` (InferenceData), ``diagnostics.csv`` (R-hat, bulk and tail
-    ESS of the reward and of log π0, acceptance rate, TV to π* when enumerable) and ``summary.json``."""
+    r"""Run each kernel; write ``mcmc_<kernel>.nc`` (InferenceData with ``log_target`` :math:`= \log\pi_0 + r/\beta`
+    added), ``diagnostics.csv`` (R-hat, bulk and tail ESS of ``log_target``, ``log_prior`` and ``reward``, the
+    acceptance rate, the TV of the draws to π* when enumerable) and ``summary.json``."""
     import arviz as az
 
     out = Path(out)
@@ -818,25 +823,27 @@ def run_mcmc_diagnostics(config: MCMCConfig, out: str | Path, *, progress: bool 
         )
         seconds = time.perf_counter() - t0
         idata = _inference_data(task, result)
+        post = idata.posterior
+        # the unnormalized log posterior log π0 + r/β of each draw (Stan's lp__): a continuous scalar summary
+        idata.posterior["log_target"] = post["log_prior"] + post["reward_over_beta"]
         path = out / f"mcmc_{kernel}.nc"
         path.parent.mkdir(parents=True, exist_ok=True)
         _save_netcdf(idata, path)
         with np.errstate(invalid="ignore", divide="ignore"):
-            summary = az.summary(idata, var_names=["reward", "log_prior"], kind="diagnostics", round_to="none")
-        for var in ("reward", "log_prior"):
+            table = az.summary(idata, var_names=list(MCMC_SUMMARIES), kind="diagnostics", round_to="none")
+        tv = None if posterior is None else total_variation(result.draws, posterior.log_probs, task.vocab_size)
+        for var in MCMC_SUMMARIES:
             rows.append(
                 {
                     "kernel": kernel,
                     "variable": var,
-                    "r_hat": float(summary.loc[var, "r_hat"]),
-                    "ess_bulk": float(summary.loc[var, "ess_bulk"]),
-                    "ess_tail": float(summary.loc[var, "ess_tail"]),
+                    "r_hat": float(table.loc[var, "r_hat"]),
+                    "ess_bulk": float(table.loc[var, "ess_bulk"]),
+                    "ess_tail": float(table.loc[var, "ess_tail"]),
                     "draws": result.num_chains * result.num_draws,
                     "acceptance_rate": float(result.acceptance_rate.mean()),
                     "expected_reward": result.expected_reward,
-                    "tv_to_posterior": None
-                    if posterior is None
-                    else total_variation(result.draws, posterior.log_probs, task.vocab_size),
+                    "tv_to_posterior": tv,
                     "seconds": seconds,
                 }
             )
@@ -983,8 +990,8 @@ def config_from_args(config_class: type, args: argparse.Namespace, *, quick: boo
     return config_class.quick(**given) if quick else config_class(**given)
 
 
-def run_experiment(name: str, config, out: str | Path, *, progress: bool = False) -> dict:
-    """Run experiment ``name`` into ``out``, then draw its figures from the saved data.
+def run_experiment(name: str, config, out: str | Path, *, progress: bool = False, plot_only: bool = False) -> dict:
+    """Run experiment ``name`` into ``out``, then draw its figures from the saved data (``plot_only``: only draw).
 
     :returns: ``{"figures": [...], "data": [...], "seconds": ...}`` with paths relative to ``out``.
 
@@ -1002,7 +1009,8 @@ def run_experiment(name: str, config, out: str | Path, *, progress: bool = False
     experiment = EXPERIMENTS[name]
     out = Path(out)
     t0 = time.perf_counter()
-    experiment.run(config, out, progress=progress)
+    if not plot_only:
+        experiment.run(config, out, progress=progress)
     figures = getattr(plots, experiment.plot)(out)
     seconds = time.perf_counter() - t0
     data = sorted(p.name for p in out.iterdir() if p.suffix in (".csv", ".json", ".nc"))
@@ -1021,6 +1029,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=tuple(EXPERIMENTS),
         help=f"comma-separated experiments to run, from {','.join(EXPERIMENTS)} (default: all)",
     )
+    parser.add_argument(
+        "--plot-only", action="store_true", help="only redraw the figures from the data already in DIR/<experiment>/"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -1038,7 +1049,9 @@ def command(args: argparse.Namespace) -> int:
         experiment = EXPERIMENTS[name]
         config = experiment.config.quick() if args.quick else experiment.config()
         print(f"[{name}] {experiment.description}", flush=True)
-        entry = run_experiment(name, config, out / name, progress=not args.no_progress)
+        entry = run_experiment(
+            name, config, out / name, progress=not args.no_progress, plot_only=getattr(args, "plot_only", False)
+        )
         quick = " --quick" if args.quick else ""
         entry["command"] = f"bayes-klrl report{quick} --only {name} --out {out}"
         entry["script"] = f"python {experiment.script}{quick} --out {out / name}"
