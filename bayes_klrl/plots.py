@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -480,9 +481,11 @@ def plot_mcmc(folder: str | Path, variable: str = "log_target") -> list[Path]:
         table = diagnostics[diagnostics["kernel"] == kernel].set_index("variable")
         row = table.loc[variable]
         ax_dist, ax_trace, ax_rank, ax_ess = axes[i]
-        az.plot_trace(idata, var_names=[variable], axes=np.array([[ax_dist, ax_trace]]), compact=False)
-        az.plot_rank(idata, var_names=[variable], ax=ax_rank)
-        az.plot_ess(idata, var_names=[variable], kind="evolution", ax=ax_ess)
+        with warnings.catch_warnings():  # ArviZ 0.x calls a matplotlib helper deprecated in 3.11
+            warnings.filterwarnings("ignore", category=matplotlib.MatplotlibDeprecationWarning)
+            az.plot_trace(idata, var_names=[variable], axes=np.array([[ax_dist, ax_trace]]), compact=False)
+            az.plot_rank(idata, var_names=[variable], ax=ax_rank)
+            az.plot_ess(idata, var_names=[variable], kind="evolution", ax=ax_ess)
         others = ", ".join(f"{names.get(v, v)} {table.loc[v, 'r_hat']:.3f}" for v in table.index if v != variable)
         for ax in axes[i]:
             ax.tick_params(labelsize=9)
