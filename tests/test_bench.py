@@ -168,3 +168,17 @@ def test_config_rejects_bad_sizes():
         BenchConfig(svi_steps=0)
     with pytest.raises(ValueError, match="unknown method"):
         BenchConfig(efficiency_methods=("dpo",))
+
+
+def test_a_broken_real_lm_extra_is_reported_not_raised(monkeypatch):
+    def broken(**kwargs):
+        raise ImportError("gguf is too old\nsecond line")
+
+    monkeypatch.setattr(bench, "hf_available", lambda: (True, "measured"))
+    monkeypatch.setattr(bench, "bench_hf_sampling", broken)
+    report = run_bench(
+        dataclasses.replace(TINY, mcmc_kernels=(), exact_tasks=(), efficiency_methods=()), progress=False
+    )
+    assert report.figures()["hf_sampling_speedup_vs_generate"] is None
+    assert report.hf_status == "failed: ImportError: gguf is too old"
+    assert finite_positive(report.figures()["is_speedup_vs_pyro_importance"])  # the other figures are kept
