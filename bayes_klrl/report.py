@@ -1052,6 +1052,9 @@ def command(args: argparse.Namespace) -> int:
         entry = run_experiment(
             name, config, out / name, progress=not args.no_progress, plot_only=getattr(args, "plot_only", False)
         )
+        if getattr(args, "plot_only", False) and name in index:  # keep the record of the run that made the data
+            index[name]["figures"] = entry["figures"]
+            entry = index[name]
         quick = " --quick" if args.quick else ""
         entry["command"] = f"bayes-klrl report{quick} --only {name} --out {out}"
         entry["script"] = f"python {experiment.script}{quick} --out {out / name}"

@@ -29,7 +29,7 @@ from bayes_klrl.words import encode
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: a readable multi-panel figure is never this small
-MIN_PNG_BYTES = 20_000
+MIN_PNG_BYTES = 8_000
 #: |ELBO − J/β| allowed at every logged step (the issue's bound; float64 sums reach ~1e-14)
 IDENTITY_TOLERANCE = 1e-5
 #: RL without the KL term must end below this fraction of H(π*)
