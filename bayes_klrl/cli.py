@@ -1,7 +1,8 @@
 """The ``bayes-klrl`` command line (also ``python -m bayes_klrl``).
 
 Subcommands: ``compare`` (run methods on a task and score them against the exact posterior), ``tasks``
-(list the shipped tasks) and ``bench`` (speed and sample-efficiency ratios measured side by side). Errors in user input print one line and exit with status 2.
+(list the shipped tasks), ``bench`` (speed and sample-efficiency ratios measured side by side) and
+``report`` (the analysis figures). Errors in user input print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -99,7 +100,12 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--chains", type=int, default=defaults.chains, help="MCMC chains, vectorized (%(default)s)")
     p.add_argument("--draws", type=int, default=defaults.draws, help="MCMC draws kept per chain (%(default)s)")
     p.add_argument("--warmup", type=int, default=defaults.warmup, help="MCMC warm-up steps per chain (%(default)s)")
-    p.add_argument("--resume", action="store_true", help="continue trained methods from their checkpoints in DIR")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue trained methods from their checkpoints in DIR (a method without one starts afresh; "
+        "the settings must match the checkpoint's, --steps may grow)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -121,6 +127,7 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     )
     for name, module, help_text in (
         ("bench", "bench", "measure speed and sample-efficiency ratios side by side"),
+        ("report", "report", "run the analysis scripts and write every figure with its data"),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         importlib.import_module(f".{module}", __package__).add_arguments(p)
@@ -185,7 +192,13 @@ def _bench(args) -> int:
     return command(args)
 
 
-COMMANDS = {"tasks": _tasks, "bench": _bench}  # compare: see main()
+def _report(args) -> int:
+    from .report import command
+
+    return command(args)
+
+
+COMMANDS = {"tasks": _tasks, "bench": _bench, "report": _report}  # compare: see main()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -279,6 +279,16 @@ def run_compare(
             checkpoint_dir=out / method if out is not None else None,
             checkpoint_every=config.checkpoint_every,
             resume=config.resume and out is not None and (out / method / "checkpoint.pt").exists(),
+            settings={
+                "task": task.name,
+                "beta": task.beta,
+                "num_sequences": config.num_sequences,
+                "lr": config.lr,
+                "seed": config.seed,
+                "policy": config.policy,
+                **({"estimator": config.estimator} if method == "svi" else {}),
+                **({"kl_estimator": config.kl_estimator, "kl_target": config.kl_target} if method == "ppo" else {}),
+            },
         )
         fits[method] = result
         rows.append(_policy_row(task, result, posterior, config, out))

@@ -98,6 +98,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 0,
     resume: bool = False,
+    settings: dict | None = None,
 ) -> FitResult:
     """Run ``trainer`` for ``steps`` steps.
 
@@ -106,6 +107,9 @@ def fit(
     :param checkpoint_dir: where ``checkpoint.pt`` goes; with ``checkpoint_every > 0`` it is written every
         that many steps, and always at the end and on Ctrl-C.
     :param bool resume: continue from ``checkpoint_dir/checkpoint.pt`` (its step, optimizer, RNG and history).
+    :param settings: plain values that define the run (learning rate, batch size, β, …), stored in the
+        checkpoint; resuming with different values is refused, so a run never mixes two configurations.
+        ``steps`` may differ: a finished run can be extended.
 
     Example::
 
@@ -127,6 +131,15 @@ def fit(
         state = torch.load(ckpt_path, weights_only=False)
         if state["method"] != trainer.method:
             raise ValueError(f"checkpoint {ckpt_path} is from method {state['method']!r}, not {trainer.method!r}")
+        saved = state.get("settings") or {}
+        changed = sorted(k for k in set(saved) & set(settings or {}) if saved[k] != settings[k])
+        if changed:
+            was = ", ".join(f"{k}={saved[k]!r}" for k in changed)
+            now = ", ".join(f"{k}={settings[k]!r}" for k in changed)
+            raise ValueError(
+                f"checkpoint {ckpt_path} was written with {was}; this run has {now}: resume with the same "
+                "settings, or write to a new output folder"
+            )
         unexpected = trainer.policy.load_state_dict(state["policy"], strict=False).unexpected_keys
         if unexpected:
             raise ValueError(f"checkpoint {ckpt_path} does not fit this policy (unknown keys {unexpected[:3]})")
@@ -150,6 +163,7 @@ def fit(
         save_torch(
             {
                 "method": trainer.method,
+                "settings": dict(settings or {}),
                 "step": step,
                 "policy": trainable_state(trainer.policy),
                 "optimizer": trainer.optimizer_state(),

@@ -70,3 +70,25 @@ def test_write_json_is_atomic_and_maps_infinities_to_null(tmp_path):
         write_json(path, {"a": Unserializable()})
     assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None]}  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temporary left behind
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    """A checkpoint remembers the settings that define its run; resuming with another lr is a clear error."""
+    from bayes_klrl.cli import main
+
+    model = tmp_path / "m.py"
+    model.write_text(
+        "import torch\nfrom bayes_klrl import MarkovLM, Task\n"
+        "def task():\n"
+        "    return Task(prior=MarkovLM.random(3, seed=0), reward=lambda x: (x == 0).sum(-1).float(), beta=1.0,"
+        " length=3, name='m')\n"
+    )
+    argv = ["compare", str(model), "--methods", "rl", "--steps", "4", "--num-sequences", "8", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    assert main([*argv[:-2], "--steps", "6", "--resume", "--out", str(tmp_path / "o")]) == 0  # extending is fine
+    with pytest.raises(ValueError, match=r"was written with lr=0\.02; this run has lr=0\.05"):
+        from bayes_klrl.compare import CompareConfig, run_compare
+        from bayes_klrl.modelfile import load_task
+
+        config = CompareConfig(methods=("rl",), steps=8, num_sequences=8, lr=0.05, resume=True)
+        run_compare(load_task(model), config, tmp_path / "o")
