@@ -47,3 +47,23 @@ def test_elbo_below_log_z_and_divergences_nonnegative(case):
     assert -SLACK <= m.tv_to_posterior <= 1 + SLACK
     if math.isfinite(m.elbo):
         assert abs(m.kl_q_to_posterior - (post.log_z - m.elbo)) < 1e-6 * max(1.0, abs(post.log_z))
+
+
+@settings(max_examples=40, deadline=None)
+@given(tasks_and_policies(), st.integers(0, 2**16))
+def test_importance_weights_finite_exactly_where_the_posterior_has_support(case, seed):
+    """log w = log π0 + r/β − log q is finite on every sampled sequence with π*(x) > 0 and −inf elsewhere (never
+    NaN or +inf), with a perturbed policy as proposal and, over all V^T sequences, with the prior."""
+    from bayes_klrl.exact import enumerate_sequences
+    from bayes_klrl.infer.importance import importance_log_weights
+
+    task, policy = case
+    post = exact_posterior(task)
+    x = policy.sample(64, task.length, generator=torch.Generator().manual_seed(seed))
+    log_w = importance_log_weights(task, x, policy)
+    powers = task.vocab_size ** torch.arange(task.length - 1, -1, -1)
+    support = torch.isfinite(post.log_probs[(x * powers).sum(-1)])
+    assert torch.equal(torch.isfinite(log_w), support)
+    assert not torch.isnan(log_w).any() and not (log_w == math.inf).any()
+    every = enumerate_sequences(task.vocab_size, task.length)
+    assert torch.equal(torch.isfinite(importance_log_weights(task, every)), torch.isfinite(post.log_probs))
