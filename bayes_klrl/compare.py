@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .diagnostics import importance_inference_data, mcmc_inference_data, save_netcdf, scalar_diagnostics
+from .dpg import DPGTrainer
 from .exact import ExactPosterior, exact_posterior, policy_metrics
 from .infer.importance import ImportanceResult, importance_sample
 from .infer.mcmc import KERNELS, run_mcmc, total_variation
@@ -39,7 +40,7 @@ from .training import FitResult, fit
 
 __all__ = ["METHODS", "CompareConfig", "Comparison", "run_compare", "format_table"]
 
-METHODS = ("exact", "svi", "rl", "ppo", "is", "mcmc")
+METHODS = ("exact", "svi", "rl", "ppo", "dpg", "is", "mcmc")
 ROW_FIELDS = (
     "method",
     "elbo",
@@ -203,6 +204,8 @@ def _trainer(method: str, task: Task, config: CompareConfig):
         return SVITrainer(task, policy, config.num_sequences, lr=config.lr, estimator=config.estimator)
     if method == "rl":
         return ReinforceTrainer(task, policy, config.num_sequences, lr=config.lr)
+    if method == "dpg":  # forward KL(π*‖q) with importance weights: the mass-covering counterpart
+        return DPGTrainer(task, policy, config.num_sequences, lr=config.lr)
     if method == "ppo":
         return PPOTrainer(
             task,

@@ -16,6 +16,15 @@ import torch
 __all__ = ["atomic_write", "write_json", "write_csv", "save_torch", "json_safe"]
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
     """Call ``writer(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``.
 
@@ -27,6 +36,7 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode an ordinary open() would
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

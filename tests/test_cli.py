@@ -207,3 +207,19 @@ def test_bad_compare_defaults_is_a_one_line_error(tmp_path, capsys):
     assert main(["compare", str(path), "--methods", "exact", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "COMPARE_DEFAULTS has unknown setting(s) stepz" in err and str(path) in err and "\n" not in err
+
+
+def test_compare_dpg_row_reaches_the_posterior_and_outputs_are_readable(user_model, tmp_path):
+    """DPG (forward KL with importance weights) through compare reaches π* with a tabular policy; the output files
+    get an ordinary file mode, not mkstemp's 0600."""
+    import os
+    import stat
+
+    out = tmp_path / "run"
+    argv = ["compare", str(user_model), "--methods", "exact,dpg", "--steps", "300", "--num-sequences", "512"]
+    assert main([*argv, "--beta", "0.5", "--out", str(out), "--no-progress"]) == 0
+    row = json.loads((out / "metrics.json").read_text())["methods"][1]
+    assert row["method"] == "dpg" and row["kl_posterior_to_q"] < 0.02
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((out / "metrics.json").stat().st_mode) == 0o666 & ~mask
