@@ -95,7 +95,13 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
         choices=("auto", "gibbs", "imh"),
         default=defaults.mcmc_kernel,
         help="MCMC kernel: single-site Gibbs, independence MH with the prior as proposal, or auto "
-        "(Gibbs up to 256 tokens) (%(default)s)",
+        "(Gibbs up to 256 tokens, unless --mcmc-proposal is a policy) (%(default)s)",
+    )
+    p.add_argument(
+        "--mcmc-proposal",
+        choices=("prior", "svi", "rl", "ppo", "dpg"),
+        default=defaults.mcmc_proposal,
+        help="independence-MH proposal: the prior or a policy trained earlier in --methods (%(default)s)",
     )
     p.add_argument("--chains", type=int, default=defaults.chains, help="MCMC chains, vectorized (%(default)s)")
     p.add_argument("--draws", type=int, default=defaults.draws, help="MCMC draws kept per chain (%(default)s)")

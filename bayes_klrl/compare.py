@@ -41,6 +41,7 @@ from .training import FitResult, fit
 __all__ = ["METHODS", "CompareConfig", "Comparison", "run_compare", "format_table"]
 
 METHODS = ("exact", "svi", "rl", "ppo", "dpg", "is", "mcmc")
+TRAINED = ("svi", "rl", "ppo", "dpg")
 ROW_FIELDS = (
     "method",
     "elbo",
@@ -76,7 +77,8 @@ class CompareConfig:
     max_enumeration: int = DEFAULT_MAX_ENUMERATION  # largest V^T enumerated exactly
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end and on Ctrl-C)
     resume: bool = False  # continue trained methods from their checkpoints in the output folder
-    mcmc_kernel: str = "auto"  # gibbs, imh (prior proposal) or auto: gibbs for V <= 256, else imh
+    mcmc_kernel: str = "auto"  # gibbs, imh or auto: gibbs for V <= 256 with the prior as proposal, else imh
+    mcmc_proposal: str = "prior"  # IMH proposal: the prior, or a trained method listed before mcmc (svi, rl, …)
     chains: int = 8  # MCMC chains, run as one batch
     draws: int = 1000  # MCMC draws kept per chain
     warmup: int = 200  # MCMC warm-up steps per chain, discarded
@@ -91,6 +93,21 @@ class CompareConfig:
             raise ValueError("steps must be >= 0, num_sequences and eval_samples >= 2")
         if self.mcmc_kernel not in ("auto", *KERNELS):
             raise ValueError(f"unknown MCMC kernel {self.mcmc_kernel!r}; choose auto, {', '.join(KERNELS)}")
+        if self.mcmc_proposal != "prior":
+            if self.mcmc_proposal not in TRAINED:
+                raise ValueError(
+                    f"unknown MCMC proposal {self.mcmc_proposal!r}; choose prior or a trained method "
+                    f"({', '.join(TRAINED)})"
+                )
+            if self.mcmc_kernel == "gibbs":
+                raise ValueError("the Gibbs kernel uses exact full conditionals; --mcmc-proposal needs imh")
+            order = list(self.methods)
+            if "mcmc" in order and (
+                self.mcmc_proposal not in order or order.index(self.mcmc_proposal) > order.index("mcmc")
+            ):
+                raise ValueError(
+                    f"--mcmc-proposal {self.mcmc_proposal} needs method {self.mcmc_proposal!r} before mcmc in --methods"
+                )
         if self.chains < 1 or self.draws < 4 or self.warmup < 0:
             raise ValueError("chains must be >= 1, draws >= 4 and warmup >= 0")
 
@@ -166,14 +183,24 @@ def _is_row(task: Task, config: CompareConfig, posterior: ExactPosterior | None,
 GIBBS_MAX_VOCAB = 256
 
 
-def _mcmc_row(task: Task, config: CompareConfig, posterior: ExactPosterior | None, out: Path | None) -> dict:
+def _mcmc_row(
+    task: Task, config: CompareConfig, posterior: ExactPosterior | None, out: Path | None, fits: dict
+) -> dict:
     """MCMC draws of π*: ``config.chains`` vectorized chains, R-hat and bulk ESS of the reward."""
     kernel = config.mcmc_kernel
+    proposal = None if config.mcmc_proposal == "prior" else fits[config.mcmc_proposal].policy
     if kernel == "auto":
-        kernel = "gibbs" if task.vocab_size <= GIBBS_MAX_VOCAB else "imh"
+        kernel = "gibbs" if task.vocab_size <= GIBBS_MAX_VOCAB and proposal is None else "imh"
     t0 = time.perf_counter()
     result = run_mcmc(
-        task, kernel, num_chains=config.chains, num_samples=config.draws, warmup=config.warmup, seed=config.seed
+        task,
+        kernel,
+        num_chains=config.chains,
+        num_samples=config.draws,
+        warmup=config.warmup,
+        proposal=proposal,
+        init="uniform" if proposal is None else "prior",
+        seed=config.seed,
     )
     wall = time.perf_counter() - t0
     idata = mcmc_inference_data(task, result)
@@ -184,6 +211,7 @@ def _mcmc_row(task: Task, config: CompareConfig, posterior: ExactPosterior | Non
     row.update(
         method="mcmc",
         kernel=kernel,
+        proposal=config.mcmc_proposal if kernel == "imh" else None,
         expected_reward=result.expected_reward,
         rhat=diag["rhat"],
         ess_bulk=diag["ess_bulk"],
@@ -269,7 +297,7 @@ def run_compare(
             rows.append(_is_row(task, config, posterior, out))
             continue
         if method == "mcmc":
-            rows.append(_mcmc_row(task, config, posterior, out))
+            rows.append(_mcmc_row(task, config, posterior, out, fits))
             continue
         trainer = _trainer(method, task, config)
         result = fit(

@@ -223,3 +223,18 @@ def test_compare_dpg_row_reaches_the_posterior_and_outputs_are_readable(user_mod
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE((out / "metrics.json").stat().st_mode) == 0o666 & ~mask
+
+
+def test_mcmc_with_a_trained_policy_as_proposal(user_model, tmp_path, capsys):
+    """Independence MH with the RL policy (near π*) as proposal accepts most moves and lands on E_π*[r]."""
+    out = tmp_path / "run"
+    argv = ["compare", str(user_model), "--methods", "exact,rl,mcmc", "--mcmc-proposal", "rl", "--steps", "300"]
+    assert main([*argv, "--num-sequences", "512", "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    row = {r["method"]: r for r in metrics["methods"]}["mcmc"]
+    assert row["kernel"] == "imh" and row["proposal"] == "rl"
+    assert row["acceptance_rate"] > 0.8  # a prior proposal accepts far fewer on this task
+    assert abs(row["expected_reward"] - metrics["exact"]["expected_reward"]) < MCMC_REWARD_TOL
+    bad = ["compare", str(user_model), "--methods", "mcmc,rl", "--mcmc-proposal", "rl", "--out", str(tmp_path / "b")]
+    assert main(bad) == 2
+    assert "needs method 'rl' before mcmc" in capsys.readouterr().err
