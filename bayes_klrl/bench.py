@@ -156,6 +156,24 @@ class SideBySide:
     baseline_samples: tuple[float, ...]
     settings: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_samples(
+        cls, key: str, label: str, unit: str, ours: Sequence[float], baseline: Sequence[float], settings: dict
+    ) -> SideBySide:
+        """The record of the per-repetition values of both sides: their medians, and ``ratio`` the median of
+        ``ours`` over the median of ``baseline``."""
+        return cls(
+            key=key,
+            label=label,
+            unit=unit,
+            ours=_median(ours),
+            baseline=_median(baseline),
+            ratio=_median(ours) / _median(baseline),
+            ours_samples=tuple(ours),
+            baseline_samples=tuple(baseline),
+            settings=settings,
+        )
+
     @property
     def goal(self) -> tuple[str, float] | None:
         """The issue's goal for this figure (each MCMC kernel is held to the MCMC goal), or ``None``."""
@@ -331,16 +349,13 @@ def bench_importance(task, *, num_samples: int, pyro_samples: int, repeats: int,
         importance = pyro.infer.Importance(model, guide=None, num_samples=pyro_samples)
         theirs.append(pyro_samples / _timed(lambda importance=importance: importance.run(task, 1)))
         log_z.append((result["ours"].log_z, float(importance.get_log_normalizer())))
-    return SideBySide(
-        key="is_speedup_vs_pyro_importance",
-        label="importance sampling, prior proposal",
-        unit="samples/s",
-        ours=_median(ours),
-        baseline=_median(theirs),
-        ratio=_median(ours) / _median(theirs),
-        ours_samples=tuple(ours),
-        baseline_samples=tuple(theirs),
-        settings={
+    return SideBySide.from_samples(
+        "is_speedup_vs_pyro_importance",
+        "importance sampling, prior proposal",
+        "samples/s",
+        ours,
+        theirs,
+        {
             "task": task.name,
             "ours": f"importance_sample, {num_samples} samples in one chunk",
             "baseline": f"pyro.infer.Importance(model, guide=None, num_samples={pyro_samples}).run(task, 1)",
@@ -379,17 +394,13 @@ def bench_svi_overhead(
             pair = (svi, rl) if k % 2 == 0 else (rl, svi)
             for trainer in pair:
                 (svi_times if trainer is svi else rl_times).append(_timed(trainer.step))
-    svi_median, rl_median = _median(svi_times), _median(rl_times)
-    return SideBySide(
-        key="svi_step_over_plain_torch_step",
-        label=f"SVI step / REINFORCE step, N={num_sequences}",
-        unit="s/step",
-        ours=svi_median,
-        baseline=rl_median,
-        ratio=svi_median / rl_median,
-        ours_samples=tuple(svi_times),
-        baseline_samples=tuple(rl_times),
-        settings={
+    return SideBySide.from_samples(
+        "svi_step_over_plain_torch_step",
+        f"SVI step / REINFORCE step, N={num_sequences}",
+        "s/step",
+        svi_times,
+        rl_times,
+        {
             "task": task.name,
             "policy": type(task.make_policy()).__name__,
             "num_sequences": num_sequences,
@@ -441,16 +452,13 @@ def bench_mcmc(
         base = seed + i * num_chains
         ours.append(draws / _timed(lambda base=base: run(num_chains, base)))
         theirs.append(draws / _timed(lambda base=base: [run(1, base + c) for c in range(num_chains)]))
-    return SideBySide(
-        key=f"mcmc_speedup_vs_pyro_mcmc_chains_{kernel}",
-        label=f"MCMC {kernel}, {num_chains} chains",
-        unit="draws/s",
-        ours=_median(ours),
-        baseline=_median(theirs),
-        ratio=_median(ours) / _median(theirs),
-        ours_samples=tuple(ours),
-        baseline_samples=tuple(theirs),
-        settings={
+    return SideBySide.from_samples(
+        f"mcmc_speedup_vs_pyro_mcmc_chains_{kernel}",
+        f"MCMC {kernel}, {num_chains} chains",
+        "draws/s",
+        ours,
+        theirs,
+        {
             "task": task.name,
             "kernel": kernel,
             "num_chains": num_chains,
@@ -608,16 +616,13 @@ def bench_hf_sampling(*, num_sequences: int, tokens: int, repeats: int, seed: in
         ours.append(n_tokens / _timed(lambda g=g: prior.sample(num_sequences, tokens, generator=g)))
         torch.manual_seed(seed + i)
         theirs.append(n_tokens / _timed(generate))
-    return SideBySide(
-        key="hf_sampling_speedup_vs_generate",
-        label=f"SmolLM2 sampling, {num_sequences}x{tokens} tokens",
-        unit="tokens/s",
-        ours=_median(ours),
-        baseline=_median(theirs),
-        ratio=_median(ours) / _median(theirs),
-        ours_samples=tuple(ours),
-        baseline_samples=tuple(theirs),
-        settings={"ours": "HFCausalLM.sample", "baseline": "model.generate(do_sample=True)"},
+    return SideBySide.from_samples(
+        "hf_sampling_speedup_vs_generate",
+        f"SmolLM2 sampling, {num_sequences}x{tokens} tokens",
+        "tokens/s",
+        ours,
+        theirs,
+        {"ours": "HFCausalLM.sample", "baseline": "model.generate(do_sample=True)"},
     )
 
 

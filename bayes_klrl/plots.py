@@ -53,6 +53,7 @@ STYLE = {
     "axes.grid": True,
     "grid.alpha": 0.3,
     "lines.linewidth": 1.8,
+    "figure.titlesize": 12,
 }
 
 #: one colour per method, the same in every figure
@@ -136,25 +137,31 @@ def _seeds_note(frame: pd.DataFrame) -> str:
     return f"line: mean over {n} seed{'s' if n != 1 else ''}, band: min–max"
 
 
-def _styled(plot):
-    def wrapper(*args, **kwargs):
-        with matplotlib.rc_context(STYLE):
-            return plot(*args, **kwargs)
+def _plot(filename: str, *tables: str):
+    """Decorator making ``draw(folder, *frames, summary, *options) -> Figure`` the figure function
+    ``plot(folder, *options) -> [folder/filename]``: ``frames`` are the CSV ``tables`` of ``folder`` and
+    ``summary`` its ``summary.json``; the figure is drawn in :data:`STYLE` and saved with :func:`_save`."""
 
-    wrapper.__name__, wrapper.__doc__ = plot.__name__, plot.__doc__
-    return wrapper
+    def decorate(draw):
+        def plot(folder: str | Path, *args, **kwargs) -> list[Path]:
+            folder = Path(folder)
+            with matplotlib.rc_context(STYLE):
+                frames = [pd.read_csv(folder / table) for table in tables]
+                fig = draw(folder, *frames, _read_json(folder / "summary.json"), *args, **kwargs)
+                return [_save(fig, folder / filename)]
+
+        plot.__name__, plot.__qualname__, plot.__doc__ = draw.__name__, draw.__qualname__, draw.__doc__
+        return plot
+
+    return decorate
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@_styled
-def plot_learning_curves(folder: str | Path) -> list[Path]:
+@_plot("learning_curves.png", "history.csv", "gradient_variance.csv")
+def plot_learning_curves(folder: Path, history: pd.DataFrame, variance: pd.DataFrame, summary: dict) -> Figure:
     """``learning_curves.png`` from ``history.csv``, ``gradient_variance.csv`` and ``summary.json``."""
-    folder = Path(folder)
-    history = pd.read_csv(folder / "history.csv")
-    variance = pd.read_csv(folder / "gradient_variance.csv")
-    summary = _read_json(folder / "summary.json")
     fig, axes = _figure(2, 2, (12.5, 9.0))
     (ax_elbo, ax_evals), (ax_wall, ax_var) = axes
 
@@ -216,22 +223,17 @@ def plot_learning_curves(folder: str | Path) -> list[Path]:
     ax_var.legend(loc="upper right")
     fig.suptitle(
         f"SVI and REINFORCE on task '{summary['task']}' (β = {summary['beta']:g}, "
-        f"{summary['num_sequences_enumerated']:,} sequences, scored by exact enumeration)",
-        fontsize=12,
+        f"{summary['num_sequences_enumerated']:,} sequences, scored by exact enumeration)"
     )
-    return [_save(fig, folder / "learning_curves.png")]
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@_styled
-def plot_beta_sweep(folder: str | Path) -> list[Path]:
+@_plot("beta_sweep.png", "sweep.csv", "collapse.csv")
+def plot_beta_sweep(folder: Path, sweep: pd.DataFrame, collapse: pd.DataFrame, summary: dict) -> Figure:
     """``beta_sweep.png`` from ``sweep.csv``, ``collapse.csv`` and ``summary.json``."""
-    folder = Path(folder)
-    sweep = pd.read_csv(folder / "sweep.csv")
-    collapse = pd.read_csv(folder / "collapse.csv")
-    summary = _read_json(folder / "summary.json")
     beta, limit, post, prior = summary["beta"], summary["beta_to_zero_limit"], summary["posterior"], summary["prior"]
     fig, axes = _figure(2, 2, (12.5, 9.0))
     (ax_r, ax_h), (ax_ent, ax_dist) = axes
@@ -278,22 +280,16 @@ def plot_beta_sweep(folder: str | Path) -> list[Path]:
     for ax in (ax_ent, ax_dist):
         ax.set_xlabel("reward evaluations")
         ax.legend(loc="upper right", title=_seeds_note(collapse), title_fontsize=8)
-    fig.suptitle(
-        f"β as a likelihood temperature, and the collapse without the KL term (task '{summary['task']}')", fontsize=12
-    )
-    return [_save(fig, folder / "beta_sweep.png")]
+    fig.suptitle(f"β as a likelihood temperature, and the collapse without the KL term (task '{summary['task']}')")
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@_styled
-def plot_forward_reverse(folder: str | Path) -> list[Path]:
+@_plot("forward_reverse.png", "history.csv", "regions.csv")
+def plot_forward_reverse(folder: Path, history: pd.DataFrame, regions: pd.DataFrame, summary: dict) -> Figure:
     """``forward_reverse.png`` from ``history.csv``, ``regions.csv`` and ``summary.json``."""
-    folder = Path(folder)
-    history = pd.read_csv(folder / "history.csv")
-    regions = pd.read_csv(folder / "regions.csv")
-    summary = _read_json(folder / "summary.json")
     families = list(dict.fromkeys(history["family"]))
     fig, axes = _figure(3, len(families), (6.4 * len(families), 12.5))
     family_names = {
@@ -341,21 +337,17 @@ def plot_forward_reverse(folder: str | Path) -> list[Path]:
     fig.suptitle(
         f"Reverse against forward KL on a two-mode task (V = {summary['vocab_size']}, T = {summary['length']}, "
         f"β = {summary['beta']:g}; π* puts {summary['posterior']['mode_a']:.2f} near mode A, "
-        f"{summary['posterior']['mode_b']:.2f} near mode B)",
-        fontsize=12,
+        f"{summary['posterior']['mode_b']:.2f} near mode B)"
     )
-    return [_save(fig, folder / "forward_reverse.png")]
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@_styled
-def plot_posterior(folder: str | Path) -> list[Path]:
+@_plot("posterior_bars.png", "top_sequences.csv")
+def plot_posterior(folder: Path, top: pd.DataFrame, summary: dict) -> Figure:
     """``posterior_bars.png`` from ``top_sequences.csv`` and ``summary.json``."""
-    folder = Path(folder)
-    top = pd.read_csv(folder / "top_sequences.csv")
-    summary = _read_json(folder / "summary.json")
     draws, tv, noise = summary["draws"], summary["tv_to_posterior"], summary["tv_of_as_many_exact_draws"]
     methods = list(dict.fromkeys(top["method"]))
     labels = top[top["method"] == methods[0]].sort_values("rank")["sequence"].tolist()
@@ -393,7 +385,7 @@ def plot_posterior(folder: str | Path) -> list[Path]:
         title="TV: total variation to π* over all sequences (samplers: of their empirical distribution)",
         title_fontsize=8.5,
     )
-    return [_save(fig, folder / "posterior_bars.png")]
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -404,12 +396,9 @@ def _khat_for_display(values: pd.Series, low: float, high: float) -> pd.Series:
     return values.replace(-math.inf, low).replace(math.inf, high).clip(low, high)
 
 
-@_styled
-def plot_khat(folder: str | Path) -> list[Path]:
+@_plot("khat.png", "khat.csv")
+def plot_khat(folder: Path, khat: pd.DataFrame, summary: dict) -> Figure:
     """``khat.png`` from ``khat.csv`` and ``summary.json``: one row per task."""
-    folder = Path(folder)
-    khat = pd.read_csv(folder / "khat.csv")
-    summary = _read_json(folder / "summary.json")
     tasks = list(dict.fromkeys(khat["task"]))
     num_samples = summary["config"]["khat_samples"]
     fig, axes = _figure(len(tasks), 3, (17.0, 4.6 * len(tasks)))
@@ -462,24 +451,19 @@ def plot_khat(folder: str | Path) -> list[Path]:
         ax_k.legend(loc="upper left", title=note, title_fontsize=8)
         ax_kl.legend(loc="upper right", title=note, title_fontsize=8, ncols=2)
         ax_ess.legend(loc="center right", title=note, title_fontsize=8, ncols=2)
-    fig.suptitle(
-        "k̂ of the SVI and RL policies over training (k̂ = −∞ drawn at the bottom: bounded weights)", fontsize=12
-    )
-    return [_save(fig, folder / "khat.png")]
+    fig.suptitle("k̂ of the SVI and RL policies over training (k̂ = −∞ drawn at the bottom: bounded weights)")
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@_styled
-def plot_mcmc(folder: str | Path, variable: str = "log_target") -> list[Path]:
+@_plot("mcmc_diagnostics.png", "diagnostics.csv")
+def plot_mcmc(folder: Path, diagnostics: pd.DataFrame, summary: dict, variable: str = "log_target") -> Figure:
     """``mcmc_diagnostics.png`` (ArviZ trace, rank and ESS plots of one scalar summary, a row per kernel) from
     ``mcmc_<kernel>.nc``, ``diagnostics.csv`` and ``summary.json``."""
     import arviz as az
 
-    folder = Path(folder)
-    diagnostics = pd.read_csv(folder / "diagnostics.csv")
-    summary = _read_json(folder / "summary.json")
     kernels = list(dict.fromkeys(diagnostics["kernel"]))
     names = {"log_target": "log π0(x) + r(x)/β", "log_prior": "log π0(x)", "reward": "r(x)"}
     shown = names.get(variable, variable)
@@ -523,7 +507,6 @@ def plot_mcmc(folder: str | Path, variable: str = "log_target") -> list[Path]:
     extra = f"; E_π*[r]: exact {exact:.3f}, {estimates}" if exact is not None else ""
     fig.suptitle(
         f"MCMC diagnostics (ArviZ) on task '{summary['task']}' (β = {summary['beta']:g}{extra})\n"
-        "trust the chains only with R-hat < 1.01 and bulk ESS > 400 (dashed line)",
-        fontsize=12,
+        "trust the chains only with R-hat < 1.01 and bulk ESS > 400 (dashed line)"
     )
-    return [_save(fig, folder / "mcmc_diagnostics.png")]
+    return fig

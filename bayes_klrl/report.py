@@ -68,6 +68,7 @@ __all__ = [
     "run_learning_curves",
     "run_mcmc_diagnostics",
     "run_posterior",
+    "script_main",
     "sequence_labels",
     "two_modes_task",
 ]
@@ -82,6 +83,19 @@ def _check_positive(config, *names: str) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not value > 0:
             raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def _check_at_least_two(config, *names: str) -> None:
+    """Sizes that must be >= 2 (a leave-one-out baseline needs two sequences in the batch)."""
+    if any(getattr(config, name) < 2 for name in names):
+        raise ValueError(f"{' and '.join(names)} must be >= 2")
+
+
+def _check_choices(config, name: str, choices: tuple[str, ...]) -> None:
+    """A non-empty tuple of names from ``choices``."""
+    value = getattr(config, name)
+    if not value or any(v not in choices for v in value):
+        raise ValueError(f"{name} must be from {', '.join(choices)}; got {value!r}")
 
 
 class _Config:
@@ -123,11 +137,39 @@ def sequence_labels(task: Task, sequences: torch.Tensor) -> list[str]:
 
 
 def _trainer(method: str, task: Task, policy: AutoregressiveLM, num_sequences: int, lr: float):
+    """``svi``, ``rl`` (REINFORCE, KL in the reward), ``rl_no_kl`` (without the KL term), ``dpg`` (Z from a running
+    estimate) or ``dpg_batch`` (weights self-normalized per batch)."""
     if method == "svi":
         return SVITrainer(task, policy, num_sequences, lr=lr)
-    if method == "rl":
-        return ReinforceTrainer(task, policy, num_sequences, lr=lr)
+    if method in ("rl", "rl_no_kl"):
+        return ReinforceTrainer(task, policy, num_sequences, lr=lr, kl_penalty=method == "rl")
+    if method in ("dpg", "dpg_batch"):
+        normalize = "batch" if method == "dpg_batch" else "running"
+        return DPGTrainer(task, policy, num_sequences, lr=lr, normalize=normalize)
     raise ValueError(f"unknown method {method!r}")
+
+
+def _fit(method: str, task: Task, template: AutoregressiveLM, config, seed: int, *, progress: bool, evaluate=None):
+    """Train a copy of ``template`` with ``method`` for ``config.steps`` steps of ``config.num_sequences``
+    sequences from ``seed``, logging ``evaluate`` every ``config.log_every`` steps (only at the ends when the
+    config has no ``log_every``)."""
+    trainer = _trainer(method, task, copy.deepcopy(template), config.num_sequences, config.lr)
+    log_every = getattr(config, "log_every", config.steps)
+    return fit(trainer, steps=config.steps, seed=seed, log_every=log_every, evaluate=evaluate, progress=progress)
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return float(np.mean([r[key] for r in rows]))
+
+
+def _write_summary(out: Path, config, task: Task | None = None, about: dict | None = None, **fields) -> dict:
+    """Write and return ``summary.json``: the task's name and β (with a ``task``), ``about`` it, the config, then
+    ``fields``."""
+    summary = {} if task is None else {"task": task.name, "beta": task.beta}
+    summary.update(about or {})
+    summary.update(config=dataclasses.asdict(config), **fields)
+    write_json(out / "summary.json", summary)
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -159,8 +201,7 @@ class LearningCurvesConfig(_Config):
 
     def __post_init__(self):
         _check_positive(self, "seeds", "steps", "num_sequences", "lr", "log_every", "variance_batches")
-        if self.variance_sequences < 2:
-            raise ValueError("variance_sequences must be >= 2")
+        _check_at_least_two(self, "variance_sequences")
 
 
 def run_learning_curves(config: LearningCurvesConfig, out: str | Path, *, progress: bool = False) -> dict:
@@ -196,10 +237,7 @@ def run_learning_curves(config: LearningCurvesConfig, out: str | Path, *, progre
     rows, variance_rows, trained = [], [], {}
     for seed in range(config.seeds):
         for method in ("svi", "rl"):
-            trainer = _trainer(method, task, copy.deepcopy(template), config.num_sequences, config.lr)
-            result = fit(
-                trainer, steps=config.steps, seed=seed, log_every=config.log_every, evaluate=evaluate, progress=progress
-            )
+            result = _fit(method, task, template, config, seed, evaluate=evaluate, progress=progress)
             rows += [{"method": method, "seed": seed, **{k: h[k] for k in keep}} for h in result.history]
             trained[method, seed] = result.policy
         for point, policy in (("start", copy.deepcopy(template)), ("end", trained["svi", seed])):
@@ -238,17 +276,14 @@ def run_learning_curves(config: LearningCurvesConfig, out: str | Path, *, progre
             "kl_q_to_posterior_max": float(kls.max()),
             "wall_seconds_mean": float(walls.mean()),
         }
-    summary = {
-        "task": task.name,
-        "beta": task.beta,
-        "log_z": posterior.log_z,
-        "num_sequences_enumerated": task.num_sequences,
-        "config": dataclasses.asdict(config),
-        "max_abs_elbo_minus_objective_over_beta": max(gaps),
-        "final": final,
-    }
-    write_json(out / "summary.json", summary)
-    return summary
+    return _write_summary(
+        out,
+        config,
+        task,
+        {"log_z": posterior.log_z, "num_sequences_enumerated": task.num_sequences},
+        max_abs_elbo_minus_objective_over_beta=max(gaps),
+        final=final,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -277,8 +312,7 @@ class BetaSweepConfig(_Config):
         _check_positive(self, "distinct_samples")
         if self.beta_min >= self.beta_max:
             raise ValueError(f"beta_min ({self.beta_min}) must be below beta_max ({self.beta_max})")
-        if self.num_sequences < 2:
-            raise ValueError("num_sequences must be >= 2")
+        _check_at_least_two(self, "num_sequences")
 
 
 def _limit_posterior(posterior: ExactPosterior) -> dict:
@@ -338,13 +372,8 @@ def run_beta_sweep(config: BetaSweepConfig, out: str | Path, *, progress: bool =
 
     rows = []
     for seed in range(config.seeds):
-        for variant, kl_penalty in (("rl_no_kl", False), ("rl", True)):
-            trainer = ReinforceTrainer(
-                task, copy.deepcopy(template), config.num_sequences, lr=config.lr, kl_penalty=kl_penalty
-            )
-            result = fit(
-                trainer, steps=config.steps, seed=seed, log_every=config.log_every, evaluate=evaluate, progress=progress
-            )
+        for variant in ("rl_no_kl", "rl"):
+            result = _fit(variant, task, template, config, seed, evaluate=evaluate, progress=progress)
             for h in result.history:
                 rows.append(
                     {
@@ -363,27 +392,25 @@ def run_beta_sweep(config: BetaSweepConfig, out: str | Path, *, progress: bool =
     for variant in ("rl_no_kl", "rl"):
         last = [r for r in rows if r["variant"] == variant and r["step"] == config.steps]
         final[variant] = {
-            "entropy_mean": float(np.mean([r["entropy"] for r in last])),
+            "entropy_mean": _mean(last, "entropy"),
             "entropy_max": float(np.max([r["entropy"] for r in last])),
-            "distinct_mean": float(np.mean([r["distinct"] for r in last])),
-            "expected_reward_mean": float(np.mean([r["expected_reward"] for r in last])),
+            "distinct_mean": _mean(last, "distinct"),
+            "expected_reward_mean": _mean(last, "expected_reward"),
         }
-    summary = {
-        "task": task.name,
-        "beta": task.beta,
-        "config": dataclasses.asdict(config),
-        "posterior": {
+    return _write_summary(
+        out,
+        config,
+        task,
+        posterior={
             "entropy": posterior.entropy,
             "expected_reward": posterior.expected_reward,
             "kl_to_prior": posterior.kl_to_prior,
             "expected_distinct": expected_distinct(posterior.log_probs, config.distinct_samples),
         },
-        "prior": {"entropy": prior_metrics.entropy, "expected_reward": prior_metrics.expected_reward},
-        "beta_to_zero_limit": _limit_posterior(posterior),
-        "final": final,
-    }
-    write_json(out / "summary.json", summary)
-    return summary
+        prior={"entropy": prior_metrics.entropy, "expected_reward": prior_metrics.expected_reward},
+        beta_to_zero_limit=_limit_posterior(posterior),
+        final=final,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -450,14 +477,9 @@ class ForwardReverseConfig(_Config):
 
     def __post_init__(self):
         _check_positive(self, "beta", "length", "seeds", "steps", "lr", "log_every")
-        unknown = [p for p in self.policies if p not in ("unigram", "tabular")]
-        if unknown or not self.policies:
-            raise ValueError(f"policies must be from unigram, tabular; got {self.policies!r}")
-        unknown = [m for m in self.methods if m not in ("svi", "rl", "dpg", "dpg_batch")]
-        if unknown or not self.methods:
-            raise ValueError(f"methods must be from svi, rl, dpg, dpg_batch; got {self.methods!r}")
-        if self.num_sequences < 2:
-            raise ValueError("num_sequences must be >= 2")
+        _check_choices(self, "policies", ("unigram", "tabular"))
+        _check_choices(self, "methods", ("svi", "rl", "dpg", "dpg_batch"))
+        _check_at_least_two(self, "num_sequences")
 
 
 def run_forward_reverse(config: ForwardReverseConfig, out: str | Path, *, progress: bool = False) -> dict:
@@ -486,22 +508,7 @@ def run_forward_reverse(config: ForwardReverseConfig, out: str | Path, *, progre
         template = task.prior.trainable_copy() if family == "unigram" else task.make_policy("tabular")
         for seed in range(config.seeds):
             for method in config.methods:
-                policy = copy.deepcopy(template)
-                if method == "svi":
-                    trainer = SVITrainer(task, policy, config.num_sequences, lr=config.lr)
-                elif method == "rl":
-                    trainer = ReinforceTrainer(task, policy, config.num_sequences, lr=config.lr)
-                else:
-                    normalize = "batch" if method == "dpg_batch" else "running"
-                    trainer = DPGTrainer(task, policy, config.num_sequences, lr=config.lr, normalize=normalize)
-                result = fit(
-                    trainer,
-                    steps=config.steps,
-                    seed=seed,
-                    log_every=config.log_every,
-                    evaluate=evaluate,
-                    progress=progress,
-                )
+                result = _fit(method, task, template, config, seed, evaluate=evaluate, progress=progress)
                 for h in result.history:
                     rows.append(
                         {
@@ -526,21 +533,18 @@ def run_forward_reverse(config: ForwardReverseConfig, out: str | Path, *, progre
             last = [r for r in rows if r["family"] == family and r["method"] == method and r["step"] == config.steps]
             reg = [r for r in region_rows if r["family"] == family and r["method"] == method]
             final[f"{family}/{method}"] = {
-                "kl_q_to_posterior_mean": float(np.mean([r["kl_q_to_posterior"] for r in last])),
-                "kl_posterior_to_q_mean": float(np.mean([r["kl_posterior_to_q"] for r in last])),
-                **{f"{k}_mean": float(np.mean([r[k] for r in reg])) for k in regions},
+                "kl_q_to_posterior_mean": _mean(last, "kl_q_to_posterior"),
+                "kl_posterior_to_q_mean": _mean(last, "kl_posterior_to_q"),
+                **{f"{k}_mean": _mean(reg, k) for k in regions},
             }
-    summary = {
-        "task": task.name,
-        "beta": task.beta,
-        "vocab_size": task.vocab_size,
-        "length": task.length,
-        "config": dataclasses.asdict(config),
-        "posterior": {"entropy": posterior.entropy, "log_z": posterior.log_z, **masses(posterior.log_probs)},
-        "final": final,
-    }
-    write_json(out / "summary.json", summary)
-    return summary
+    return _write_summary(
+        out,
+        config,
+        task,
+        {"vocab_size": task.vocab_size, "length": task.length},
+        posterior={"entropy": posterior.entropy, "log_z": posterior.log_z, **masses(posterior.log_probs)},
+        final=final,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -571,8 +575,7 @@ class PosteriorConfig(_Config):
         _check_positive(self, "steps", "lr", "is_samples", "top_k", "mcmc_chains", "mcmc_samples")
         if self.mcmc_kernel not in ("imh", "gibbs"):
             raise ValueError(f"mcmc_kernel must be imh or gibbs, got {self.mcmc_kernel!r}")
-        if self.num_sequences < 2 or self.is_samples < 2:
-            raise ValueError("num_sequences and is_samples must be >= 2")
+        _check_at_least_two(self, "num_sequences", "is_samples")
 
 
 def _frequencies(sequences: torch.Tensor, targets: torch.Tensor) -> list[float]:
@@ -625,8 +628,7 @@ def run_posterior(config: PosteriorConfig, out: str | Path, *, progress: bool = 
     tv["mcmc"] = total_variation(chains.draws, posterior.log_probs, task.vocab_size)
     tv_exact_draws["mcmc"] = _tv_of_exact_draws(posterior, chains.num_chains * chains.num_draws, config.seed)
     for method in ("svi", "rl"):
-        trainer = _trainer(method, task, copy.deepcopy(template), config.num_sequences, config.lr)
-        result = fit(trainer, steps=config.steps, seed=config.seed, log_every=config.steps, progress=progress)
+        result = _fit(method, task, template, config, config.seed, progress=progress)
         timing[method] = result.wall_seconds
         with torch.no_grad():
             estimates[method] = result.policy.log_prob(top.to(task.prior.device)).double().exp().cpu().tolist()
@@ -636,26 +638,24 @@ def run_posterior(config: PosteriorConfig, out: str | Path, *, progress: bool = 
         for rank, (label, p) in enumerate(zip(labels, probs)):
             rows.append({"method": method, "rank": rank, "sequence": label, "probability": p})
     write_csv(out / "top_sequences.csv", rows)
-    summary = {
-        "task": task.name,
-        "beta": task.beta,
-        "config": dataclasses.asdict(config),
-        "log_z": posterior.log_z,
-        "entropy": posterior.entropy,
-        "top_k_mass": float(top_probs.sum()),
-        "tv_to_posterior": tv,
-        "tv_of_as_many_exact_draws": tv_exact_draws,
-        "draws": {
+    return _write_summary(
+        out,
+        config,
+        task,
+        log_z=posterior.log_z,
+        entropy=posterior.entropy,
+        top_k_mass=float(top_probs.sum()),
+        tv_to_posterior=tv,
+        tv_of_as_many_exact_draws=tv_exact_draws,
+        draws={
             "is": imp.num_samples,
             "is_ess": imp.ess,
             "mcmc": chains.num_chains * chains.num_draws,
             "mcmc_kernel": chains.kernel,
             "reward_evaluations_per_policy": config.steps * config.num_sequences,
         },
-        "seconds": timing,
-    }
-    write_json(out / "summary.json", summary)
-    return summary
+        seconds=timing,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -680,8 +680,7 @@ class KhatConfig(_Config):
         _check_positive(self, "seeds", "steps", "lr", "log_every", "khat_samples")
         if not self.tasks:
             raise ValueError("at least one task is needed")
-        if self.num_sequences < 2:
-            raise ValueError("num_sequences must be >= 2")
+        _check_at_least_two(self, "num_sequences")
 
 
 def _khat_evaluator(task: Task, posterior: ExactPosterior, num_samples: int, seed: int):
@@ -716,15 +715,7 @@ def run_khat(config: KhatConfig, out: str | Path, *, progress: bool = False) -> 
         for seed in range(config.seeds):
             evaluate = _khat_evaluator(task, posterior, config.khat_samples, seed=10_000 + seed)
             for method in ("svi", "rl"):
-                trainer = _trainer(method, task, copy.deepcopy(template), config.num_sequences, config.lr)
-                result = fit(
-                    trainer,
-                    steps=config.steps,
-                    seed=seed,
-                    log_every=config.log_every,
-                    evaluate=evaluate,
-                    progress=progress,
-                )
+                result = _fit(method, task, template, config, seed, evaluate=evaluate, progress=progress)
                 keep = ("step", "reward_evaluations", "khat", "ess", "distinct", "kl_q_to_posterior")
                 keep += ("kl_posterior_to_q",)
                 for h in result.history:
@@ -743,9 +734,7 @@ def run_khat(config: KhatConfig, out: str | Path, *, progress: bool = False) -> 
                 "kl_q_to_posterior_end": [r["kl_q_to_posterior"] for r in last],
                 "kl_posterior_to_q_end": [r["kl_posterior_to_q"] for r in last],
             }
-    summary = {"config": dataclasses.asdict(config), "tasks": tasks, "final": final}
-    write_json(out / "summary.json", summary)
-    return summary
+    return _write_summary(out, config, tasks=tasks, final=final)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -768,9 +757,7 @@ class MCMCConfig(_Config):
 
     def __post_init__(self):
         _check_positive(self, "num_chains", "num_samples")
-        unknown = [k for k in self.kernels if k not in ("gibbs", "imh")]
-        if unknown or not self.kernels:
-            raise ValueError(f"kernels must be from gibbs, imh; got {self.kernels!r}")
+        _check_choices(self, "kernels", ("gibbs", "imh"))
         if self.num_chains < 2:
             raise ValueError("num_chains must be >= 2 (R-hat compares chains)")
 
@@ -848,15 +835,13 @@ def run_mcmc_diagnostics(config: MCMCConfig, out: str | Path, *, progress: bool 
                 }
             )
     write_csv(out / "diagnostics.csv", rows)
-    summary = {
-        "task": task.name,
-        "beta": task.beta,
-        "config": dataclasses.asdict(config),
-        "exact_expected_reward": None if posterior is None else posterior.expected_reward,
-        "kernels": rows,
-    }
-    write_json(out / "summary.json", summary)
-    return summary
+    return _write_summary(
+        out,
+        config,
+        task,
+        exact_expected_reward=None if posterior is None else posterior.expected_reward,
+        kernels=rows,
+    )
 
 
 def _save_netcdf(idata, path: Path) -> None:
@@ -1015,6 +1000,33 @@ def run_experiment(name: str, config, out: str | Path, *, progress: bool = False
     seconds = time.perf_counter() - t0
     data = sorted(p.name for p in out.iterdir() if p.suffix in (".csv", ".json", ".nc"))
     return {"figures": [p.name for p in figures], "data": data, "seconds": seconds}
+
+
+def script_main(name: str, doc: str, argv: list[str] | None = None) -> int:
+    """The command line of an ``analysis/`` script running experiment ``name`` alone: ``--out`` (default
+    ``runs/report/<name>``), ``--quick``, ``--plot-only``, ``--no-progress`` and one option per config field;
+    the first paragraph of the script's docstring ``doc`` describes it. Prints the paths of the figures.
+
+    Example (the whole of ``analysis/beta_sweep.py`` below its docstring)::
+
+        def main(argv=None):
+            return script_main("beta_sweep", __doc__, argv)
+    """
+    experiment = EXPERIMENTS[name]
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    default_out = Path("runs/report") / name
+    parser.add_argument("--out", type=Path, default=default_out, help="output folder (%(default)s)")
+    parser.add_argument("--quick", action="store_true", help="the quick preset (options given still override it)")
+    parser.add_argument("--plot-only", action="store_true", help="only redraw the figure from the data in --out")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_config_arguments(parser, experiment.config)
+    args = parser.parse_args(argv)
+    config = config_from_args(experiment.config, args)
+    # train and measure, writing the data files (unless --plot-only); then draw from the saved data files only
+    entry = run_experiment(name, config, args.out, progress=not args.no_progress, plot_only=args.plot_only)
+    for figure in entry["figures"]:
+        print(args.out / figure)
+    return 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

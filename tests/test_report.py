@@ -3,6 +3,7 @@ and the data says what the figures claim (ELBO = J/β at every step, the collaps
 
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib.util
 import json
@@ -20,6 +21,8 @@ from bayes_klrl.report import (
     BetaSweepConfig,
     LearningCurvesConfig,
     MCMCConfig,
+    add_config_arguments,
+    config_from_args,
     expected_distinct,
     sequence_labels,
     two_modes_task,
@@ -107,6 +110,14 @@ def test_script_writes_figures_and_data(script_outputs, name):
         assert (out / data).is_file() and (out / data).stat().st_size > 0, f"{data} missing or empty"
 
 
+def test_script_plot_only_redraws_from_the_saved_data(script_outputs, capsys):
+    out = script_outputs["posterior"]
+    (out / "posterior_bars.png").unlink()
+    assert _script("posterior").main(["--plot-only", "--out", str(out)]) == 0
+    _assert_png(out / "posterior_bars.png")
+    assert capsys.readouterr().out.split() == [str(out / "posterior_bars.png")]
+
+
 def test_every_experiment_has_a_script_and_a_tested_figure():
     scripts = {Path(e.script).stem for e in EXPERIMENTS.values()}
     assert scripts == set(TINY) == {p.stem for p in ANALYSIS.glob("*.py")} - {"smollm2_run"}
@@ -185,13 +196,12 @@ def test_report_command_rejects_an_unknown_experiment(tmp_path, capsys):
 
 
 def test_config_from_args_quick_preset_then_options():
-    script = _script("beta_sweep")
-    parser = __import__("argparse").ArgumentParser()
+    parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    script.add_config_arguments(parser, BetaSweepConfig)
-    config = script.config_from_args(BetaSweepConfig, parser.parse_args(["--quick", "--seeds", "2"]))
+    add_config_arguments(parser, BetaSweepConfig)
+    config = config_from_args(BetaSweepConfig, parser.parse_args(["--quick", "--seeds", "2"]))
     assert config.seeds == 2 and config.steps == BetaSweepConfig.QUICK["steps"]
-    assert script.config_from_args(BetaSweepConfig, parser.parse_args([])) == BetaSweepConfig()
+    assert config_from_args(BetaSweepConfig, parser.parse_args([])) == BetaSweepConfig()
     with pytest.raises(ValueError, match="beta_min"):
         BetaSweepConfig(beta_min=1.0, beta_max=0.5)
 
