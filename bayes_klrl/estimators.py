@@ -8,15 +8,21 @@ leave-one-out baseline is :math:`b_i = \frac{1}{K-1}\sum_{j\neq i} f_j`; it does
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-__all__ = ["leave_one_out_baseline", "floor_infeasible", "INFEASIBLE_MARGIN"]
+__all__ = ["leave_one_out_baseline", "floor_infeasible", "INFEASIBLE_MARGIN", "NoFeasibleSampleWarning"]
 
 #: how far below the worst feasible signal in a batch an infeasible (−inf) sample is put, in the signal's units.
 #: Measured on the shipped markov_constraint task (REINFORCE, 1,500 steps, lr 0.02): margin 3 reached total
 #: variation 0.071 to π*, margin 8 reached 0.146 and margin 20 reached 0.243 (a large margin makes the
 #: penalty dominate and the policy over-concentrates before it spreads back).
 INFEASIBLE_MARGIN = 3.0
+
+
+class NoFeasibleSampleWarning(RuntimeWarning):
+    """A training batch in which every sequence has reward −inf (shown once per place by Python's filters)."""
 
 
 def leave_one_out_baseline(signal: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -49,6 +55,14 @@ def floor_infeasible(signal: torch.Tensor, margin: float = INFEASIBLE_MARGIN, di
     finite = torch.isfinite(signal)
     if bool(finite.all()):
         return signal
+    if not bool(finite.any()):
+        warnings.warn(
+            f"all {signal.numel()} sequences of a batch violate a hard constraint (reward -inf): that batch gives "
+            "no gradient; if this repeats, the policy rarely meets the constraint (more sequences per step, a "
+            "softer reward, or a policy that starts nearer the constraint)",
+            NoFeasibleSampleWarning,
+            stacklevel=2,
+        )
     worst = torch.where(finite, signal, torch.full_like(signal, float("inf"))).amin(dim, keepdim=True)
     worst = torch.where(torch.isfinite(worst), worst - margin, torch.zeros_like(worst))
     return torch.where(finite, signal, worst.expand_as(signal))

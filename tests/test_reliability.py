@@ -15,6 +15,7 @@ import torch
 
 from bayes_klrl import CategoricalLM, MarkovLM, Task, exact_posterior, fit, policy_metrics
 from bayes_klrl.cli import main
+from bayes_klrl.estimators import NoFeasibleSampleWarning
 from bayes_klrl.infer.importance import importance_sample, pareto_khat, policy_diagnostics
 from bayes_klrl.infer.svi import SVITrainer
 from bayes_klrl.rl import PPOTrainer, ReinforceTrainer
@@ -178,12 +179,14 @@ def test_rare_event_posterior_is_exact_but_samples_have_no_support():
 
 @pytest.mark.parametrize("method", list(TRAINERS))
 def test_a_batch_without_feasible_samples_leaves_the_policy_unchanged(method):
-    """Every signal is −inf: no gradient (not NaN), the parameters stay exactly where they were."""
+    """Every signal is −inf: no gradient (not NaN), the parameters stay exactly where they were, and a warning
+    says so (a run that never meets its constraint would otherwise train on nothing, silently)."""
     task = rare_task()
     trainer = TRAINERS[method](task, task.make_policy(), 32)
     before = [p.detach().clone() for p in trainer.policy.parameters()]
     torch.manual_seed(0)
-    trainer.step()
+    with pytest.warns(NoFeasibleSampleWarning, match="violate a hard constraint"):
+        trainer.step()
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.policy.parameters()))
 
 
@@ -200,6 +203,7 @@ def task(beta=1.0, length=6):
 """
 
 
+@pytest.mark.filterwarnings("ignore::bayes_klrl.estimators.NoFeasibleSampleWarning")  # training sees no feasible batch
 @pytest.mark.parametrize(
     "argv",
     [
