@@ -10,6 +10,7 @@ is enumerable and ``None`` otherwise:
 - ``log_z``, ``log_z_se``, ``ess``, ``khat``: importance sampling with the method's policy as proposal
   (``eval_samples`` draws), or for the ``is`` row with the prior as proposal on the trained methods' reward
   budget. A policy's PSIS :math:`\hat k` below 0.5 says it is a good proposal for π*, above 0.7 not usable;
+  ``khat_label`` is that reading, ``good`` also when ``max_weight_ratio`` (largest weight / mean weight) ≤ 2;
 - ``rhat``, ``ess_bulk`` (of the reward), ``acceptance_rate``: the ``mcmc`` row, whose ``expected_reward``
   is the mean reward of the draws and ``tv_to_posterior`` their empirical distribution's distance to π*.
 
@@ -56,7 +57,7 @@ ROW_FIELDS = (
 )
 
 #: per-method diagnostics shown after the shared fields when some row has them
-DIAGNOSTIC_FIELDS = ("khat", "ess", "rhat", "ess_bulk")
+DIAGNOSTIC_FIELDS = ("khat", "khat_label", "max_weight_ratio", "ess", "rhat", "ess_bulk")
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,14 @@ class Comparison:
 
 def _importance_fields(task: Task, result: ImportanceResult, as_policy: bool) -> dict:
     """Row fields from importance sampling; with ``as_policy``, the proposal's own Monte Carlo figures too."""
-    fields = {"log_z": result.log_z, "log_z_se": result.log_z_se, "ess": result.ess, "khat": result.khat}
+    fields = {
+        "log_z": result.log_z,
+        "log_z_se": result.log_z_se,
+        "ess": result.ess,
+        "khat": result.khat,
+        "khat_label": result.khat_label,
+        "max_weight_ratio": result.max_weight_ratio,
+    }
     if as_policy:  # E_q[log w] = ELBO(q); E_q[r]; KL(q‖π0) = E_q[r/β − log w]
         finite = torch.isfinite(result.log_weights)
         fields.update(

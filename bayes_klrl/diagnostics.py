@@ -120,7 +120,9 @@ def importance_inference_data(task: Task, result: ImportanceResult, method: str 
     }
     stats = {"log_weight": _np(result.log_weights)[None], "psis_log_weight": _np(result.smoothed_log_weights)[None]}
     return _from_dict(
-        posterior, stats, _attrs(task, method, True, khat=result.khat, log_z=result.log_z, ess=result.ess)
+        posterior, stats, _attrs(
+            task, method, True, khat=result.khat, max_weight_ratio=result.max_weight_ratio, log_z=result.log_z, ess=result.ess
+        )
     )
 
 

@@ -36,6 +36,7 @@ from ..lm import AutoregressiveLM
 from ..task import Task
 
 __all__ = [
+    "BOUNDED_WEIGHT_RATIO",
     "KHAT_GOOD",
     "KHAT_USABLE",
     "ImportanceResult",
@@ -51,6 +52,8 @@ __all__ = [
 KHAT_GOOD = 0.5
 #: Pareto k̂ up to this: usable; above it the importance estimates are unreliable
 KHAT_USABLE = 0.7
+#: weights whose largest is at most this many times their mean are bounded enough to read as good, whatever k̂
+BOUNDED_WEIGHT_RATIO = 2.0
 
 #: log-weights whose spread is below this are treated as constant (a proposal equal to π* on its support)
 _CONSTANT_SPREAD = 1e-9
@@ -58,15 +61,23 @@ _CONSTANT_SPREAD = 1e-9
 _MIN_TAIL_SAMPLES = 25
 
 
-def khat_label(khat: float) -> str:
-    """The Yao et al. (2018) reading of a Pareto :math:`\\hat k`: ``good`` (< 0.5), ``usable`` (0.5–0.7)
+def khat_label(khat: float, max_weight_ratio: float | None = None) -> str:
+    r"""The Yao et al. (2018) reading of a Pareto :math:`\hat k`: ``good`` (< 0.5), ``usable`` (0.5–0.7)
     or ``unreliable`` (> 0.7, or not finite-and-below).
+
+    With ``max_weight_ratio`` (the largest weight over the mean weight) at most :data:`BOUNDED_WEIGHT_RATIO`,
+    the reading is ``good`` whatever :math:`\hat k`: no draw carries more than twice its share, so no few
+    draws can dominate the estimates. :math:`\hat k` fits the *shape* of the weights' upper tail and ignores
+    its scale; a policy that is almost exact (weights within a few percent of each other) can show
+    :math:`\hat k > 0.7` on a tail that is only a few percent wide.
 
     Example::
 
-        >>> khat_label(0.3), khat_label(0.6), khat_label(1.2)
-        ('good', 'usable', 'unreliable')
+        >>> khat_label(0.3), khat_label(0.6), khat_label(1.2), khat_label(1.2, max_weight_ratio=1.3)
+        ('good', 'usable', 'unreliable', 'good')
     """
+    if max_weight_ratio is not None and max_weight_ratio <= BOUNDED_WEIGHT_RATIO:
+        return "good"
     if math.isnan(khat) or khat > KHAT_USABLE:
         return "unreliable"
     return "good" if khat < KHAT_GOOD else "usable"
@@ -159,6 +170,8 @@ class ImportanceResult:
     :ivar log_z_se: its delta-method Monte Carlo standard error :math:`\mathrm{sd}(w)/(\sqrt N\,\hat Z)`.
     :ivar ess: normalized effective sample size :math:`(\sum w)^2 / (N \sum w^2)` in (0, 1].
     :ivar khat: PSIS Pareto :math:`\hat k` (``-inf`` when all weights are equal); ``khat_label`` its reading.
+    :ivar max_weight_ratio: the largest weight over the mean weight, :math:`N \max_i \bar w_i` (1 when all are
+        equal; at most :data:`BOUNDED_WEIGHT_RATIO` reads as ``good`` whatever :math:`\hat k`).
     :ivar expected_reward: self-normalized :math:`\hat{\mathbb{E}}_{\pi^*}[r]`;
         ``expected_reward_se`` its standard error :math:`\sqrt{\sum_i \bar w_i^2 (r_i - \hat\mu)^2}`.
     :ivar elbo: :math:`\frac1N\sum_i \log w_i`, an estimate of :math:`\mathrm{ELBO}(q)` (``-inf`` if any weight is 0).
@@ -172,6 +185,7 @@ class ImportanceResult:
     ess: float
     khat: float
     khat_label: str
+    max_weight_ratio: float
     expected_reward: float
     expected_reward_se: float
     elbo: float
@@ -266,6 +280,7 @@ def importance_sample(
     log_z, log_z_se, ess = _weight_summary(log_w)
     khat, smoothed = pareto_khat(log_w)
     probs = torch.exp(log_w - torch.logsumexp(log_w, 0))  # normalized weights w̄ (N,)
+    max_ratio = float(num_samples * probs.max())
     r0 = torch.where(finite, r, torch.zeros_like(r))  # 0·(−inf) = 0
     mean_r = (probs * r0).sum()
     resample_gen = torch.Generator().manual_seed(seed)
@@ -275,7 +290,8 @@ def importance_sample(
         log_z_se=log_z_se,
         ess=ess,
         khat=khat,
-        khat_label=khat_label(khat),
+        khat_label=khat_label(khat, max_ratio),
+        max_weight_ratio=max_ratio,
         expected_reward=float(mean_r),
         expected_reward_se=float(torch.sqrt((probs**2 * (r0 - mean_r) ** 2).sum())),
         elbo=float(log_w.mean()),
@@ -294,7 +310,8 @@ class PolicyDiagnostics:
     r"""How good a proposal for :math:`\pi^*` a policy :math:`q` is, from weights :math:`\pi_0 e^{r/\beta}/q`.
 
     :ivar khat: PSIS Pareto :math:`\hat k`; ``label`` its reading (``good`` < 0.5 ≤ ``usable`` ≤ 0.7 <
-        ``unreliable``).
+        ``unreliable``; ``good`` also when ``max_weight_ratio`` ≤ :data:`BOUNDED_WEIGHT_RATIO`).
+    :ivar max_weight_ratio: the largest weight over the mean weight.
     :ivar ess: normalized effective sample size in (0, 1].
     :ivar log_z: :math:`\log\hat Z`; ``log_z_se`` its standard error.
     :ivar elbo: :math:`\hat{\mathbb{E}}_q[\log w]`; ``log_z - elbo`` estimates :math:`\mathrm{KL}(q\|\pi^*)`.
@@ -303,6 +320,7 @@ class PolicyDiagnostics:
 
     khat: float
     label: str
+    max_weight_ratio: float
     ess: float
     log_z: float
     log_z_se: float
@@ -330,6 +348,7 @@ def policy_diagnostics(
     return PolicyDiagnostics(
         khat=result.khat,
         label=result.khat_label,
+        max_weight_ratio=result.max_weight_ratio,
         ess=result.ess,
         log_z=result.log_z,
         log_z_se=result.log_z_se,

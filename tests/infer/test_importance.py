@@ -94,3 +94,16 @@ def test_khat_rises_with_the_exact_kl():
     assert kls == sorted(kls) and kls[-1] > 2.0
     assert khats == sorted(khats), (kls, khats)
     assert khats[0] < 0.5 < 0.7 < khats[-1]
+
+
+def test_nearly_constant_weights_read_as_good_whatever_khat():
+    """k̂ ignores the scale of the weights' tail; a near-exact policy is labelled good through max_weight_ratio."""
+    task = small_markov_task(vocab_size=4, length=6, beta=0.5, seed=0)
+    near = posterior_policy(task)
+    with torch.no_grad():
+        near.logits.add_(0.02 * torch.randn(near.logits.shape, generator=torch.Generator().manual_seed(0)))
+    result = importance_sample(task, near, num_samples=4000, seed=0)
+    w = torch.exp(result.log_weights - result.log_weights.max())
+    assert result.max_weight_ratio == pytest.approx(float(w.max() / w.mean()), rel=1e-9)
+    assert result.max_weight_ratio < 2.0 and result.khat_label == "good"
+    assert khat_label(1.2, max_weight_ratio=1.5) == "good" and khat_label(1.2, max_weight_ratio=3.0) == "unreliable"
