@@ -167,9 +167,7 @@ class DPGTrainer(Trainer):
         normalize: str = "running",
         baseline: bool = True,
     ):
-        super().__init__(task, policy, num_sequences)
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+        super().__init__(task, policy, num_sequences, lr=lr)
         if proposal not in PROPOSALS:
             raise ValueError(f"unknown DPG proposal {proposal!r}; choose one of {', '.join(PROPOSALS)}")
         if log_z is not None and not math.isfinite(log_z):

@@ -84,9 +84,7 @@ class ReinforceTrainer(_TorchOptimizerMixin, Trainer):
         lr: float = 0.02,
         kl_penalty: bool = True,
     ):
-        super().__init__(task, policy, num_sequences)
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+        super().__init__(task, policy, num_sequences, lr=lr)
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
         self.kl_penalty = bool(kl_penalty)
 
@@ -145,7 +143,7 @@ class PPOTrainer(_TorchOptimizerMixin, Trainer):
         kl_target: float | None = None,
         kl_horizon: int = 10_000,
     ):
-        super().__init__(task, policy, num_sequences)
+        super().__init__(task, policy, num_sequences, lr=lr)
         kl_per_token(torch.zeros(1), torch.zeros(1), kl_estimator)  # validates the name
         if epochs < 1 or minibatches < 1 or num_sequences // minibatches < 2:
             raise ValueError("epochs and minibatches must be >= 1, with at least 2 sequences per minibatch")

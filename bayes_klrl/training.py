@@ -9,6 +9,7 @@ continues from the checkpoint to the same final parameters as an uninterrupted r
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from abc import ABC, abstractmethod
@@ -53,7 +54,9 @@ class Trainer(ABC):
 
     method: str = "trainer"
 
-    def __init__(self, task: Task, policy: AutoregressiveLM, num_sequences: int):
+    def __init__(self, task: Task, policy: AutoregressiveLM, num_sequences: int, *, lr: float | None = None):
+        if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
         if int(num_sequences) < 2:
             raise ValueError(f"num_sequences must be >= 2 (the leave-one-out baseline needs two), got {num_sequences}")
         if policy.vocab_size != task.vocab_size:

@@ -161,9 +161,7 @@ class SVITrainer(Trainer):
         estimator: str = "loo",
         validate_every_step: bool = False,
     ):
-        super().__init__(task, policy, num_sequences)
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+        super().__init__(task, policy, num_sequences, lr=lr)
         elbo, infer = make_elbo(estimator)
         pyro.clear_param_store()
         self.estimator = estimator
