@@ -10,7 +10,7 @@ is enumerable and ``None`` otherwise:
 - ``log_z``, ``log_z_se``, ``ess``, ``khat``: importance sampling with the method's policy as proposal
   (``eval_samples`` draws), or for the ``is`` row with the prior as proposal on the trained methods' reward
   budget. A policy's PSIS :math:`\hat k` below 0.5 says it is a good proposal for π*, above 0.7 not usable;
-  ``khat_label`` is that reading, ``good`` also when ``max_weight_ratio`` (largest weight / mean weight) ≤ 2;
+  ``khat_label`` is that reading, ``good`` also when ``max_weight_ratio`` (largest weight / mean weight) ≤ 3;
 - ``rhat``, ``ess_bulk`` (of the reward), ``acceptance_rate``: the ``mcmc`` row, whose ``expected_reward``
   is the mean reward of the draws and ``tv_to_posterior`` their empirical distribution's distance to π*.
 
