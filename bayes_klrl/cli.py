@@ -168,8 +168,33 @@ def _compare(args, given: set[str]) -> int:
             f"exact: log Z = {exact['log_z']:.6f}, E[r] = {exact['expected_reward']:.4f}, H = {exact['entropy']:.4f} nats"
         )
     print(format_table(comparison.metrics))
+    for note in _diagnostic_notes(comparison.metrics["methods"]):
+        print(note)
     print(f"wrote {args.out / 'metrics.json'}")
     return 0
+
+
+#: R-hat above this: the MCMC chains have not mixed (the usual threshold, Vehtari et al. 2021)
+RHAT_WARN = 1.01
+
+
+def _diagnostic_notes(rows: list[dict]) -> list[str]:
+    """One line per row whose diagnostics say its figures should not be trusted yet."""
+    notes = []
+    for row in rows:
+        rhat = row.get("rhat")
+        if rhat is not None and rhat > RHAT_WARN:
+            other = "imh" if row.get("kernel") == "gibbs" else "gibbs"
+            notes.append(
+                f"note: {row['method']} R-hat {rhat:.3f} > {RHAT_WARN}: the chains disagree, so its figures are not "
+                f"reliable yet; run longer (--draws, --warmup) or try --mcmc-kernel {other}"
+            )
+        if row.get("khat_label") == "unreliable" and row["method"] != "is":
+            notes.append(
+                f"note: {row['method']} k-hat {row['khat']:.2f} with ESS {row['ess']:.3f}: the policy is not yet a "
+                "reliable importance proposal for the posterior (train longer, or read its KL where it is exact)"
+            )
+    return notes
 
 
 def _tasks(args) -> int:

@@ -238,3 +238,14 @@ def test_mcmc_with_a_trained_policy_as_proposal(user_model, tmp_path, capsys):
     bad = ["compare", str(user_model), "--methods", "mcmc,rl", "--mcmc-proposal", "rl", "--out", str(tmp_path / "b")]
     assert main(bad) == 2
     assert "needs method 'rl' before mcmc" in capsys.readouterr().err
+
+
+def test_unmixed_chains_get_a_note(user_model, tmp_path, capsys):
+    """Too few MCMC draws: R-hat above 1.01 and a one-line note saying what to do."""
+    out = tmp_path / "run"
+    argv = ["compare", str(user_model), "--methods", "mcmc", "--mcmc-kernel", "imh", "--chains", "4", "--draws", "4"]
+    assert main([*argv, "--warmup", "0", "--out", str(out), "--no-progress"]) == 0
+    row = json.loads((out / "metrics.json").read_text())["methods"][0]
+    printed = capsys.readouterr().out
+    assert row["rhat"] > 1.01
+    assert f"note: mcmc R-hat {row['rhat']:.3f} > 1.01" in printed and "--mcmc-kernel gibbs" in printed
