@@ -34,7 +34,8 @@ def _override(text: str) -> tuple[str, object]:
 def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """The argument parser; with ``suppress_defaults`` the compare options the user did not give are absent from
     the parsed namespace (how a model file's ``COMPARE_DEFAULTS`` fill in only what the command line left open)."""
-    from .compare import METHODS, CompareConfig
+    from .compare import METHODS, TRAINED, CompareConfig
+    from .infer.mcmc import KERNELS
 
     defaults = CompareConfig()
     parser = argparse.ArgumentParser(
@@ -92,14 +93,14 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--mcmc-kernel",
-        choices=("auto", "gibbs", "imh"),
+        choices=("auto", *KERNELS),
         default=defaults.mcmc_kernel,
         help="MCMC kernel: single-site Gibbs, independence MH with the prior as proposal, or auto "
         "(Gibbs up to 256 tokens, unless --mcmc-proposal is a policy) (%(default)s)",
     )
     p.add_argument(
         "--mcmc-proposal",
-        choices=("prior", "svi", "rl", "ppo", "dpg"),
+        choices=("prior", *TRAINED),
         default=defaults.mcmc_proposal,
         help="independence-MH proposal: the prior or a policy trained earlier in --methods (%(default)s)",
     )
@@ -131,27 +132,35 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     sub.add_parser(
         "tasks", help="list the shipped tasks", description="List shipped tasks with V, T, beta, enumerability."
     )
-    for name, module, help_text in (
-        ("bench", "bench", "measure speed and sample-efficiency ratios side by side"),
-        ("report", "report", "run the analysis scripts and write every figure with its data"),
-    ):
+    for name, help_text in MODULE_COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
-        importlib.import_module(f".{module}", __package__).add_arguments(p)
+        _command_module(name).add_arguments(p)
     return parser
+
+
+#: subcommands whose module (``bayes_klrl.<name>``) defines ``add_arguments(parser)`` and ``command(args)``
+MODULE_COMMANDS = {
+    "bench": "measure speed and sample-efficiency ratios side by side",
+    "report": "run the analysis scripts and write every figure with its data",
+}
+
+
+def _command_module(name: str):
+    return importlib.import_module(f".{name}", __package__)
 
 
 def _compare(args, given: set[str]) -> int:
     import dataclasses
 
     from .compare import CompareConfig, format_table, run_compare
-    from .modelfile import compare_defaults, load_task, resolve_model
+    from .modelfile import load_model
     from .task import RewardError
 
-    task = load_task(args.model, **dict(args.overrides))
+    # the model file is imported once; its COMPARE_DEFAULTS sit below the command line
+    task, from_file, path = load_model(args.model, **dict(args.overrides))
     if args.beta is not None:
         task = task.replace(beta=args.beta)
     fields = {f.name for f in dataclasses.fields(CompareConfig)}
-    from_file = compare_defaults(args.model)  # the model file's COMPARE_DEFAULTS, below the command line
     config = CompareConfig(**{**from_file, **{k: v for k, v in vars(args).items() if k in fields and k in given}})
     used = [k for k in from_file if k not in given]
     if used:
@@ -161,7 +170,7 @@ def _compare(args, given: set[str]) -> int:
     try:
         comparison = run_compare(task, config, args.out, progress=not args.no_progress)
     except RewardError as exc:  # the reward passed the construction check but failed on a later batch
-        raise ValueError(f"model file '{resolve_model(args.model)}': {exc}") from exc
+        raise ValueError(f"model file '{path}': {exc}") from exc
     exact = comparison.metrics["exact"]
     if exact is not None:
         print(
@@ -217,27 +226,14 @@ def _tasks(args) -> int:
     return 0
 
 
-def _bench(args) -> int:
-    from .bench import command
-
-    return command(args)
-
-
-def _report(args) -> int:
-    from .report import command
-
-    return command(args)
-
-
-COMMANDS = {"tasks": _tasks, "bench": _bench, "report": _report}  # compare: see main()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "compare":
             return _compare(args, set(vars(build_parser(suppress_defaults=True).parse_args(argv))))
-        return COMMANDS[args.command](args)
+        if args.command == "tasks":
+            return _tasks(args)
+        return _command_module(args.command).command(args)
     except (ValueError, FileNotFoundError) as exc:  # user input: one line, no traceback
         print(f"bayes-klrl: error: {exc}", file=sys.stderr)
         return 2

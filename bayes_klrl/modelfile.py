@@ -17,7 +17,15 @@ from pathlib import Path
 
 from .task import Task
 
-__all__ = ["ModelFileError", "compare_defaults", "describe_model", "load_task", "models_dir", "resolve_model", "shipped_tasks"]
+__all__ = [
+    "ModelFileError",
+    "describe_model",
+    "load_model",
+    "load_task",
+    "models_dir",
+    "resolve_model",
+    "shipped_tasks",
+]
 
 
 class ModelFileError(ValueError):
@@ -115,17 +123,23 @@ def describe_model(path: Path) -> dict:
     return {"vocab_size": task.vocab_size, "length": task.length, "beta": task.beta}
 
 
-def compare_defaults(spec: str | Path) -> dict:
-    """The model file's ``COMPARE_DEFAULTS`` (``{}`` if it has none), checked against the compare settings.
+def load_model(spec: str | Path, **overrides) -> tuple[Task, dict, Path]:
+    """Import a model file once: its task (``task(**overrides)``), its checked ``COMPARE_DEFAULTS`` and its path.
 
-    :raises ModelFileError: if it is not a dict of known :class:`~bayes_klrl.compare.CompareConfig` fields.
+    :raises ModelFileError: one line naming the file and the problem.
     """
+    path = resolve_model(str(spec))
+    module = _import(path)
+    return _call_task(module, path, overrides), _compare_defaults(module, path), path
+
+
+def _compare_defaults(module, path: Path) -> dict:
+    """The module's ``COMPARE_DEFAULTS`` (``{}`` if it has none), checked against the compare settings."""
     import dataclasses
 
     from .compare import CompareConfig
 
-    path = resolve_model(str(spec))
-    value = getattr(_import(path), "COMPARE_DEFAULTS", {})
+    value = getattr(module, "COMPARE_DEFAULTS", {})
     if not isinstance(value, dict):
         raise ModelFileError(f"model file '{path}': COMPARE_DEFAULTS must be a dict, got {type(value).__name__}")
     known = {f.name for f in dataclasses.fields(CompareConfig)}

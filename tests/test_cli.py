@@ -249,3 +249,16 @@ def test_unmixed_chains_get_a_note(user_model, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert row["rhat"] > 1.01
     assert f"note: mcmc R-hat {row['rhat']:.3f} > 1.01" in printed and "--mcmc-kernel gibbs" in printed
+
+
+def test_compare_imports_the_model_file_once(tmp_path):
+    """A model file's body runs once per compare, even when it also sets COMPARE_DEFAULTS."""
+    log = tmp_path / "imports.log"
+    path = tmp_path / "counted.py"
+    path.write_text(
+        f"with open({str(log)!r}, 'a') as f:\n    f.write('imported\\n')\n"
+        + USER_MODEL
+        + '\nCOMPARE_DEFAULTS = {"steps": 2}\n'
+    )
+    assert main(["compare", str(path), "--methods", "exact", "--out", str(tmp_path / "o")]) == 0
+    assert log.read_text().splitlines() == ["imported"]
