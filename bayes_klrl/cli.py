@@ -183,19 +183,17 @@ def _compare(args, given: set[str]) -> int:
     return 0
 
 
-#: R-hat above this: the MCMC chains have not mixed (the usual threshold, Vehtari et al. 2021)
-RHAT_WARN = 1.01
-
-
 def _diagnostic_notes(rows: list[dict]) -> list[str]:
     """One line per row whose diagnostics say its figures should not be trusted yet."""
+    from .diagnostics import RHAT_MAX
+
     notes = []
     for row in rows:
         rhat = row.get("rhat")
-        if rhat is not None and rhat > RHAT_WARN:
+        if rhat is not None and rhat > RHAT_MAX:
             other = "imh" if row.get("kernel") == "gibbs" else "gibbs"
             notes.append(
-                f"note: {row['method']} R-hat {rhat:.3f} > {RHAT_WARN}: the chains disagree, so its figures are not "
+                f"note: {row['method']} R-hat {rhat:.3f} > {RHAT_MAX}: the chains disagree, so its figures are not "
                 f"reliable yet; run longer (--draws, --warmup) or try --mcmc-kernel {other}"
             )
         if row.get("khat_label") == "unreliable" and row["method"] != "is":

@@ -39,6 +39,7 @@ from .storage import atomic_write
 from .task import Task
 
 __all__ = [
+    "RHAT_MAX",
     "SCALAR_SUMMARIES",
     "diagnostics_table",
     "importance_inference_data",
@@ -47,6 +48,9 @@ __all__ = [
     "save_netcdf",
     "scalar_diagnostics",
 ]
+
+#: R-hat above this says the chains have not mixed (the usual threshold, Vehtari et al. 2021)
+RHAT_MAX = 1.01
 
 #: the scalar variables of the posterior group whose diagnostics :func:`diagnostics_table` reports
 SCALAR_SUMMARIES = ("reward", "log_prior", "reward_over_beta", "log_q")

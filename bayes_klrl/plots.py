@@ -21,6 +21,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from .diagnostics import RHAT_MAX
+from .infer.importance import KHAT_GOOD, KHAT_USABLE
 from .storage import atomic_write
 
 __all__ = [
@@ -407,10 +409,12 @@ def plot_khat(folder: Path, khat: pd.DataFrame, summary: dict) -> Figure:
         ax_k, ax_kl, ax_ess = axes[row]
         info = summary["tasks"][name]
         frame_task = khat[khat["task"] == name]
-        ax_k.axhspan(low, 0.5, color="#2ca02c", alpha=0.07)
-        ax_k.axhspan(0.5, 0.7, color="#ffbf00", alpha=0.15)
-        ax_k.axhspan(0.7, high, color="#d62728", alpha=0.07)
-        for y, text in ((0.2, "good (k̂ < 0.5)"), (0.6, "usable (0.5–0.7)"), (1.35, "unreliable (k̂ > 0.7)")):
+        good, usable = KHAT_GOOD, KHAT_USABLE
+        ax_k.axhspan(low, good, color="#2ca02c", alpha=0.07)
+        ax_k.axhspan(good, usable, color="#ffbf00", alpha=0.15)
+        ax_k.axhspan(usable, high, color="#d62728", alpha=0.07)
+        labels = (f"good (k̂ < {good:g})", f"usable ({good:g}–{usable:g})", f"unreliable (k̂ > {usable:g})")
+        for y, text in zip((0.2, 0.6, 1.35), labels):
             ax_k.text(0.99, y, text, transform=ax_k.get_yaxis_transform(), ha="right", va="center", fontsize=8.5)
         for method in ("svi", "rl"):
             frame = frame_task[frame_task["method"] == method].copy()
@@ -507,6 +511,6 @@ def plot_mcmc(folder: Path, diagnostics: pd.DataFrame, summary: dict, variable: 
     extra = f"; E_π*[r]: exact {exact:.3f}, {estimates}" if exact is not None else ""
     fig.suptitle(
         f"MCMC diagnostics (ArviZ) on task '{summary['task']}' (β = {summary['beta']:g}{extra})\n"
-        "trust the chains only with R-hat < 1.01 and bulk ESS > 400 (dashed line)"
+        f"trust the chains only with R-hat < {RHAT_MAX:g} and bulk ESS > 400 (dashed line)"
     )
     return fig
