@@ -102,9 +102,7 @@ def mcmc_inference_data(task: Task, result: MCMCResult) -> az.InferenceData:
     if result.log_q is not None:
         posterior["log_q"] = _np(result.log_q)
     stats = {"accept_prob": _np(result.accept_prob), "moved": _np(result.moved)}
-    return _from_dict(
-        posterior, stats, _attrs(task, "mcmc", False, kernel=result.kernel, num_warmup=result.num_warmup)
-    )
+    return _from_dict(posterior, stats, _attrs(task, "mcmc", False, kernel=result.kernel, num_warmup=result.num_warmup))
 
 
 def importance_inference_data(task: Task, result: ImportanceResult, method: str = "is") -> az.InferenceData:
@@ -124,9 +122,17 @@ def importance_inference_data(task: Task, result: ImportanceResult, method: str 
     }
     stats = {"log_weight": _np(result.log_weights)[None], "psis_log_weight": _np(result.smoothed_log_weights)[None]}
     return _from_dict(
-        posterior, stats, _attrs(
-            task, method, True, khat=result.khat, max_weight_ratio=result.max_weight_ratio, log_z=result.log_z, ess=result.ess
-        )
+        posterior,
+        stats,
+        _attrs(
+            task,
+            method,
+            True,
+            khat=result.khat,
+            max_weight_ratio=result.max_weight_ratio,
+            log_z=result.log_z,
+            ess=result.ess,
+        ),
     )
 
 
@@ -151,8 +157,12 @@ def scalar_diagnostics(idata: az.InferenceData, var: str = "reward") -> dict:
         x = float(row[key])
         return x if np.isfinite(x) else None
 
-    return {"rhat": value("r_hat"), "ess_bulk": value("ess_bulk"), "ess_tail": value("ess_tail"),
-            "mcse_mean": value("mcse_mean")}
+    return {
+        "rhat": value("r_hat"),
+        "ess_bulk": value("ess_bulk"),
+        "ess_tail": value("ess_tail"),
+        "mcse_mean": value("mcse_mean"),
+    }
 
 
 def save_netcdf(idata: az.InferenceData, path: str | os.PathLike) -> Path:

@@ -83,7 +83,18 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         "    return Task(prior=MarkovLM.random(3, seed=0), reward=lambda x: (x == 0).sum(-1).float(), beta=1.0,"
         " length=3, name='m')\n"
     )
-    argv = ["compare", str(model), "--methods", "rl", "--steps", "4", "--num-sequences", "8", "--out", str(tmp_path / "o")]
+    argv = [
+        "compare",
+        str(model),
+        "--methods",
+        "rl",
+        "--steps",
+        "4",
+        "--num-sequences",
+        "8",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main(argv) == 0
     assert main([*argv[:-2], "--steps", "6", "--resume", "--out", str(tmp_path / "o")]) == 0  # extending is fine
     with pytest.raises(ValueError, match=r"was written with lr=0\.02; this run has lr=0\.05"):

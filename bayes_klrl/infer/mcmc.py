@@ -568,4 +568,3 @@ def total_variation(sequences: torch.Tensor, log_probs: torch.Tensor, vocab_size
     if freq.numel() != log_probs.numel():
         raise ValueError(f"log_probs has {log_probs.numel()} entries; V^T = {freq.numel()}")
     return float(0.5 * (freq - log_probs.double().cpu().exp()).abs().sum())
-

@@ -62,7 +62,10 @@ def test_weights_and_estimate_agree_with_pyro_importance():
     pyro.set_rng_seed(0)
     pyro_is = Importance(model, guide=None, num_samples=1500).run(task, 1)
     tokens = torch.stack(
-        [torch.stack([tr.nodes[token_site(t)]["value"].reshape(()) for t in range(task.length)]) for tr in pyro_is.exec_traces]
+        [
+            torch.stack([tr.nodes[token_site(t)]["value"].reshape(()) for t in range(task.length)])
+            for tr in pyro_is.exec_traces
+        ]
     )  # (N, T)
     pyro_log_w = torch.stack([w.reshape(()) for w in pyro_is.log_weights]).double()
     torch.testing.assert_close(importance_log_weights(task, tokens), pyro_log_w, atol=1e-5, rtol=0)
