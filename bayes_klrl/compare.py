@@ -135,7 +135,7 @@ def _importance_fields(task: Task, result: ImportanceResult, as_policy: bool) ->
     if as_policy:  # E_q[log w] = ELBO(q); E_q[r]; KL(q‖π0) = E_q[r/β − log w]
         finite = torch.isfinite(result.log_weights)
         fields.update(
-            elbo=float(result.log_weights.mean()),
+            elbo=result.elbo,
             expected_reward=float(result.rewards.mean()),
             kl_to_prior=float((result.rewards[finite] / task.beta - result.log_weights[finite]).mean())
             if bool(finite.all())
