@@ -36,6 +36,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from .diagnostics import mcmc_inference_data
 from .dpg import DPGTrainer
 from .exact import ExactPosterior, enumerate_sequences, exact_elbo, exact_objective, exact_posterior, policy_metrics
 from .infer.importance import importance_sample
@@ -766,28 +767,6 @@ class MCMCConfig(_Config):
 MCMC_SUMMARIES = ("log_target", "log_prior", "reward")
 
 
-def _inference_data(task: Task, result):
-    """The MCMC draws as InferenceData: :mod:`bayes_klrl.diagnostics` when present, else ``az.from_dict``."""
-    try:
-        from .diagnostics import mcmc_inference_data
-    except ImportError:  # the ArviZ boundary module is optional here
-        mcmc_inference_data = None
-    if mcmc_inference_data is not None:
-        return mcmc_inference_data(task, result)
-    import arviz as az
-
-    return az.from_dict(
-        posterior={
-            "tokens": result.draws.numpy(),
-            "reward": result.rewards.numpy(),
-            "log_prior": result.log_prior.numpy(),
-            "reward_over_beta": result.log_likelihood.numpy(),
-        },
-        sample_stats={"accept_prob": result.accept_prob.numpy()},
-        dims={"tokens": ["position"]},
-    )
-
-
 def run_mcmc_diagnostics(config: MCMCConfig, out: str | Path, *, progress: bool = False) -> dict:
     r"""Run each kernel; write ``mcmc_<kernel>.nc`` (InferenceData with ``log_target`` :math:`= \log\pi_0 + r/\beta`
     added), ``diagnostics.csv`` (R-hat, bulk and tail ESS of ``log_target``, ``log_prior`` and ``reward``, the
@@ -809,7 +788,7 @@ def run_mcmc_diagnostics(config: MCMCConfig, out: str | Path, *, progress: bool 
             seed=config.seed,
         )
         seconds = time.perf_counter() - t0
-        idata = _inference_data(task, result)
+        idata = mcmc_inference_data(task, result)
         post = idata.posterior
         # the unnormalized log posterior log π0 + r/β of each draw (Stan's lp__): a continuous scalar summary
         idata.posterior["log_target"] = post["log_prior"] + post["reward_over_beta"]
