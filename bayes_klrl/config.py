@@ -1,0 +1,156 @@
+r"""One way to configure anything: a frozen dataclass whose fields carry their CLI help and choices.
+
+Every configurable run (``compare``, each experiment of ``analysis/``, the benchmark) is a frozen dataclass
+whose fields are declared with :func:`option`. :func:`add_config_arguments` turns the fields into ``--flags``
+(help, type and choices from the field), :func:`config_from_args` builds the instance from the flags the user
+gave on top of any lower-priority defaults (a preset, a model file's ``COMPARE_DEFAULTS``). The command line
+is parsed once: a flag that was not given is ``None`` in the namespace, so "given" needs no second parse.
+
+Example::
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Run:
+    ...     steps: int = option(100, "optimizer steps")
+    ...     method: str = option("svi", "what to train", choices=("svi", "rl"))
+    >>> parser = argparse.ArgumentParser()
+    >>> add_config_arguments(parser, Run)
+    >>> config_from_args(Run, parser.parse_args(["--steps", "5"]))
+    Run(steps=5, method='svi')
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+__all__ = ["Preset", "option", "add_config_arguments", "config_from_args", "given_options", "parse_names"]
+
+
+def option(default: Any, help: str, *, choices: Iterable[str] | Callable[[], Iterable[str]] | None = None):
+    """A config field with its help text and, for names, its choices (a tuple, or a function returning one so
+    that the choices can come from a registry filled later)."""
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("config defaults must be immutable (use a tuple)")
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def choices_of(field: dataclasses.Field) -> tuple[str, ...] | None:
+    """The field's choices, resolved (``None`` when any value is accepted)."""
+    choices = field.metadata.get("choices")
+    if choices is None:
+        return None
+    return tuple(choices() if callable(choices) else choices)
+
+
+class Preset:
+    """Mixin for configs with a small preset: ``QUICK`` holds the changed fields, :meth:`quick` applies them."""
+
+    QUICK: ClassVar[dict] = {}
+
+    @classmethod
+    def quick(cls, **changes):
+        """The quick preset (a few seconds to a minute), with ``changes`` applied."""
+        return cls(**{**cls.QUICK, **changes})
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    """``"a, b,c"`` → ``("a", "b", "c")``."""
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.strip().lower() == "none" else float(text)
+
+
+def _field_type(cls: type, field: dataclasses.Field):
+    hints = typing.get_type_hints(cls)
+    hint = hints.get(field.name, type(field.default))
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        (hint,) = [a for a in args if a is not type(None)] or (str,)
+    origin = typing.get_origin(hint)
+    if origin is tuple or hint is tuple:
+        return "names", optional
+    if isinstance(hint, type) and issubclass(hint, bool):
+        return bool, optional
+    if origin in (types.UnionType, typing.Union):
+        return str, optional
+    return hint, optional
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    config_class: type,
+    *,
+    skip: Iterable[str] = (),
+    presets: dict | None = None,
+) -> None:
+    """Add one ``--flag`` per field of ``config_class`` (``snake_case`` → ``--snake-case``).
+
+    Flags default to ``None`` ("not given"); the help shows the dataclass default and, with ``presets``
+    (e.g. ``{"quick": cls.QUICK}``), each preset's value. Booleans become ``--flag/--no-flag``; tuples are
+    comma-separated names; ``X | None`` accepts ``none``. Choices are checked by argparse, element-wise for
+    tuples.
+    """
+    skip = set(skip)
+    for field in dataclasses.fields(config_class):
+        if field.name in skip or not field.init:
+            continue
+        kind, optional = _field_type(config_class, field)
+        choices = choices_of(field)
+        flag = f"--{field.name.replace('_', '-')}"
+        default = field.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        extra = "".join(
+            f"; {name}: {values[field.name]}" for name, values in (presets or {}).items() if field.name in values
+        )
+        help_text = f"{field.metadata.get('help', '')} (default: {shown}{extra})".replace("%", "%%")
+        kwargs: dict[str, Any] = {"dest": field.name, "default": None, "help": help_text}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind == "names":
+            kwargs["type"] = _names_type(field.name, choices)
+            kwargs["metavar"] = "A,B,..."
+        else:
+            convert = {int: int, float: float}.get(kind, str)
+            if optional and convert is float:
+                convert = _optional_float
+            kwargs["type"] = convert
+            if choices is not None:
+                kwargs["choices"] = choices
+        parser.add_argument(flag, **kwargs)
+
+
+def _names_type(name: str, choices: tuple[str, ...] | None):
+    def parse(text: str) -> tuple[str, ...]:
+        names = parse_names(text)
+        if choices is not None:
+            unknown = [n for n in names if n not in choices]
+            if unknown:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {name.replace('_', ' ')} {', '.join(unknown)}; choose from {', '.join(choices)}"
+                )
+        return names
+
+    parse.__name__ = name  # argparse names the type in its own error messages
+    return parse
+
+
+def given_options(config_class: type, args: argparse.Namespace) -> dict:
+    """The fields of ``config_class`` the user gave on the command line (not ``None`` in ``args``)."""
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(config_class)
+        if getattr(args, f.name, None) is not None
+    }
+
+
+def config_from_args(config_class: type, args: argparse.Namespace, *, base: dict | None = None):
+    """``config_class`` from its defaults, then ``base`` (a preset, a model file's defaults), then the flags given."""
+    return config_class(**{**(base or {}), **given_options(config_class, args)})
