@@ -3,7 +3,7 @@
 import torch
 
 from bayes_klrl import CategoricalLM, Task
-from bayes_klrl.rewards import LexiconScore
+from bayes_klrl.tasks.rewards import LexiconScore
 
 
 def task(beta: float = 0.5, seed: int = 0) -> Task:

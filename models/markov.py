@@ -5,7 +5,7 @@ able to condition on the whole prefix to reach it (``task.make_policy()`` gives 
 """
 
 from bayes_klrl import MarkovLM, Task
-from bayes_klrl.rewards import KeywordCount
+from bayes_klrl.tasks.rewards import KeywordCount
 
 
 def task(beta: float = 0.7, length: int = 6, seed: int = 1) -> Task:

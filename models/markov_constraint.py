@@ -4,7 +4,7 @@ The reward is 0 when token 5 occurs and −inf otherwise, so π* is the prior co
 """
 
 from bayes_klrl import MarkovLM, Task
-from bayes_klrl.rewards import KeywordConstraint
+from bayes_klrl.tasks.rewards import KeywordConstraint
 
 
 def task(beta: float = 1.0, length: int = 6, seed: int = 1) -> Task:

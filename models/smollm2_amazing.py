@@ -22,7 +22,7 @@ import functools
 
 from bayes_klrl import Task
 from bayes_klrl.lm.hf import HFCausalLM, chat_prompt, load_smollm2
-from bayes_klrl.text_rewards import WordPresence
+from bayes_klrl.tasks.text_rewards import WordPresence
 
 QUESTION = "Describe your last vacation in one sentence."
 VOCAB_SIZE = 49152

@@ -24,7 +24,7 @@ import functools
 
 from bayes_klrl import Task
 from bayes_klrl.lm.hf import HFCausalLM, chat_prompt, load_smollm2
-from bayes_klrl.text_rewards import EmbeddingContrast, LexiconSentiment, load_minilm
+from bayes_klrl.tasks.text_rewards import EmbeddingContrast, LexiconSentiment, load_minilm
 
 QUESTION = "Write one sentence about a movie you watched."
 POSITIVE = ("This movie was wonderful, I loved it.", "A great, happy and delightful experience.")

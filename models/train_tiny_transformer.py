@@ -1,6 +1,6 @@
 r"""Train the prior of the "words_sentiment" task: a tiny transformer fitted by maximum likelihood to the toy grammar.
 
-The corpus is drawn from the grammar of :mod:`bayes_klrl.words` (16 words, sentences of 5 tokens); the model
+The corpus is drawn from the grammar of :mod:`bayes_klrl.tasks.words` (16 words, sentences of 5 tokens); the model
 minimizes the per-sentence negative log-likelihood
 
 .. math:: \mathcal{L}(\theta) = -\frac{1}{N} \sum_{n=1}^{N} \log p_\theta(x^{(n)}), \qquad
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from bayes_klrl.lm.transformer import TinyTransformerLM, TransformerConfig
-from bayes_klrl.words import LENGTH, VOCAB_SIZE, grammar_distribution, sample_corpus
+from bayes_klrl.tasks.words import LENGTH, VOCAB_SIZE, grammar_distribution, sample_corpus
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "tiny_transformer.pt"
 

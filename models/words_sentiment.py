@@ -2,7 +2,7 @@ r"""Shipped task "words_sentiment": a tiny transformer prior over toy sentences,
 
 Prior :math:`\pi_0`: the 26,688-parameter :class:`~bayes_klrl.lm.TinyTransformerLM` in ``tiny_transformer.pt``
 (next to this file; rebuilt by ``python models/train_tiny_transformer.py``), trained by maximum likelihood on the
-toy grammar of :mod:`bayes_klrl.words`: 16 words, :math:`T = 5`, so :math:`V^T = 1{,}048{,}576` sequences and
+toy grammar of :mod:`bayes_klrl.tasks.words`: 16 words, :math:`T = 5`, so :math:`V^T = 1{,}048{,}576` sequences and
 exact enumeration takes about a second. The model puts 99.7% of its mass on the grammar's 360 sentences
 (KL(grammar ‖ model) ≈ 0.005 nats).
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bayes_klrl import Task
 from bayes_klrl.lm import TinyTransformerLM
-from bayes_klrl.words import LENGTH, VOCAB_SIZE, decode, sentiment_reward
+from bayes_klrl.tasks.words import LENGTH, VOCAB_SIZE, decode, sentiment_reward
 
 CHECKPOINT = Path(__file__).resolve().parent / "tiny_transformer.pt"
 BETA = 1.0

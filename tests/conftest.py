@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bayes_klrl import CategoricalLM, MarkovLM, Task
-from bayes_klrl.rewards import KeywordConstraint, KeywordCount
+from bayes_klrl.tasks.rewards import KeywordConstraint, KeywordCount
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 

@@ -27,7 +27,7 @@ from bayes_klrl.report import (
     sequence_labels,
     two_modes_task,
 )
-from bayes_klrl.words import encode
+from bayes_klrl.tasks.words import encode
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

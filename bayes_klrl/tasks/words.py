@@ -227,7 +227,7 @@ def sample_corpus(num_sentences: int, *, seed: int, length: int = LENGTH) -> tor
 
 
 def sentiment_lexicon() -> dict[int, float]:
-    """Token id → sentiment score, for :class:`bayes_klrl.rewards.LexiconScore`.
+    """Token id → sentiment score, for :class:`bayes_klrl.tasks.rewards.LexiconScore`.
 
     Example::
 

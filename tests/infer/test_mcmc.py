@@ -12,7 +12,7 @@ from bayes_klrl.diagnostics import diagnostics_table, mcmc_inference_data
 from bayes_klrl.exact import posterior_policy
 from bayes_klrl.infer.mcmc import IndependenceMH, SingleSiteGibbs, make_kernel, run_mcmc, total_variation
 from bayes_klrl.modelfile import load_task
-from bayes_klrl.rewards import KeywordConstraint
+from bayes_klrl.tasks.rewards import KeywordConstraint
 
 from ..conftest import small_markov_task
 

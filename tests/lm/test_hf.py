@@ -1,4 +1,4 @@
-"""HFCausalLM (bayes_klrl/lm/hf.py) and the text rewards (bayes_klrl/text_rewards.py).
+"""HFCausalLM (bayes_klrl/lm/hf.py) and the text rewards (bayes_klrl/tasks/text_rewards.py).
 
 Three groups:
 
@@ -24,9 +24,9 @@ from bayes_klrl import Task, exact_posterior, fit, policy_metrics
 from bayes_klrl.exact import enumerate_sequences
 from bayes_klrl.infer.svi import SVITrainer
 from bayes_klrl.lm import AutoregressiveLM
-from bayes_klrl.rewards import KeywordCount
 from bayes_klrl.rl import ReinforceTrainer
-from bayes_klrl.text_rewards import EmbeddingContrast, LexiconSentiment, WordPresence, words
+from bayes_klrl.tasks.rewards import KeywordCount
+from bayes_klrl.tasks.text_rewards import EmbeddingContrast, LexiconSentiment, WordPresence, words
 
 #: float32 rounding between one batched pass and the token-by-token KV-cache pass (measured ≤ 4e-5 on SmolLM2)
 SCORING_TOL = 1e-4

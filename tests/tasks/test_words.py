@@ -10,7 +10,7 @@ import torch
 from bayes_klrl import exact_posterior
 from bayes_klrl.lm import TinyTransformerLM
 from bayes_klrl.modelfile import load_task
-from bayes_klrl.words import (
+from bayes_klrl.tasks.words import (
     LENGTH,
     SENTIMENT,
     TEMPLATES,
@@ -23,7 +23,7 @@ from bayes_klrl.words import (
     sentiment_reward,
 )
 
-from .conftest import MODELS
+from ..conftest import MODELS
 
 PROB_TOL = 1e-12  # float64 sums over 360 sentences
 CORPUS_TV_TOL = 0.05  # Monte Carlo TV with n = 50k over 360 cells is ~0.03
