@@ -1,7 +1,10 @@
 """Model files: Python files defining ``task(**overrides) -> bayes_klrl.Task``; how users bring their own task.
 
 The shipped tasks under the repository's ``models/`` folder follow the same convention and are found by
-name (``"markov"`` is ``models/markov.py``). A model file may also define ``describe() -> dict`` with
+name (``"markov"`` is ``models/markov.py``). The same files are packaged as ``bayes_klrl._models`` (see
+``pyproject.toml``), so an installed wheel runs them without a checkout; :func:`models_dir` says which folder is
+used. A model file loads its own data relative to its file (``Path(__file__).parent``), which holds in either
+place. A model file may also define ``describe() -> dict`` with
 ``vocab_size``, ``length`` and ``beta`` so that listing it does not have to load a large LM, and
 ``COMPARE_DEFAULTS``, a dict of :class:`~bayes_klrl.compare.CompareConfig` fields (``steps``, ``lr``, …) that
 ``bayes-klrl compare`` uses where the command line gives none (a real LM wants a smaller learning rate).
@@ -10,6 +13,7 @@ name (``"markov"`` is ``models/markov.py``). A model file may also define ``desc
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import importlib.util
 import os
 import sys
@@ -18,6 +22,7 @@ from pathlib import Path
 from .task import Task
 
 __all__ = [
+    "MODELS_ENV",
     "ModelFileError",
     "describe_model",
     "load_model",
@@ -32,17 +37,50 @@ class ModelFileError(ValueError):
     """A model file is missing, fails to import, or its ``task()`` does not give a valid Task."""
 
 
+#: environment variable naming a folder of model files to use instead of the shipped ones
+MODELS_ENV = "BAYES_KLRL_MODELS"
+#: the package that holds the installed copy of ``models/`` (``[tool.setuptools.package-dir]`` in pyproject.toml)
+_PACKAGED_MODELS = "bayes_klrl._models"
+
+
 def models_dir() -> Path | None:
-    """The folder of shipped model files: ``$BAYES_KLRL_MODELS``, the repository's ``models/``, or ``./models``."""
-    candidates = [
-        os.environ.get("BAYES_KLRL_MODELS"),
-        Path(__file__).resolve().parents[1] / "models",
-        Path.cwd() / "models",
-    ]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return None
+    """The folder of shipped model files, the first of:
+
+    1. ``$BAYES_KLRL_MODELS`` if set (it must be an existing folder);
+    2. the repository's ``models/``, when the package runs from a checkout (an editable install);
+    3. the copy installed with the package (``bayes_klrl._models``), for a wheel install.
+
+    :returns: the folder, or ``None`` if there is none (a package built without its model files).
+    :raises ModelFileError: ``$BAYES_KLRL_MODELS`` names no existing folder.
+
+    Example::
+
+        >>> models_dir().joinpath("markov.py").is_file()
+        True
+    """
+    env = os.environ.get(MODELS_ENV)
+    if env:
+        folder = Path(env).expanduser()
+        if not folder.is_dir():
+            raise ModelFileError(f"{MODELS_ENV}={env}: no such folder (unset it to use the shipped model files)")
+        return folder
+    return _repository_models() or _packaged_models()
+
+
+def _repository_models() -> Path | None:
+    """``<checkout>/models`` when this package sits in a checkout (beside ``pyproject.toml``), else ``None``."""
+    root = Path(__file__).resolve().parents[1]
+    folder = root / "models"
+    return folder if folder.is_dir() and (root / "pyproject.toml").is_file() else None
+
+
+def _packaged_models() -> Path | None:
+    """The installed copy of ``models/`` (package data of ``bayes_klrl._models``), else ``None``."""
+    try:
+        folder = Path(str(importlib.resources.files(_PACKAGED_MODELS)))
+    except ModuleNotFoundError:  # an editable install made before the package existed, or a build without it
+        return None
+    return folder if folder.is_dir() else None
 
 
 def shipped_tasks() -> dict[str, Path]:
