@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .diagnostics import importance_inference_data, mcmc_inference_data, save_netcdf, scalar_diagnostics
-from .dpg import DPGTrainer
+from .rl import DPGTrainer
 from .exact import ExactPosterior, exact_posterior, policy_metrics
 from .infer.importance import ImportanceResult, importance_sample
 from .infer.mcmc import KERNELS, run_mcmc, total_variation

@@ -108,7 +108,7 @@ def _ppo(task, policy, num_sequences, **kwargs):
 
 
 def _dpg(task, policy, num_sequences, **kwargs):
-    from .dpg import DPGTrainer
+    from .rl import DPGTrainer
 
     return DPGTrainer(task, policy, num_sequences, **kwargs)
 

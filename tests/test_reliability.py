@@ -358,13 +358,14 @@ def test_cli_resume_after_ctrl_c_reaches_the_uninterrupted_parameters(method, tm
         assert main(compare_argv(path, method, interrupted)) == 130
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--resume" in err
-    assert torch.load(interrupted / method / "checkpoint.pt", weights_only=False)["step"] == 7
+    assert torch.load(interrupted / method / "checkpoint.pt", weights_only=True)["step"] == 7
     assert main(compare_argv(path, method, interrupted, "--resume")) == 0
 
-    final = [torch.load(out / method / "checkpoint.pt", weights_only=False) for out in (straight, interrupted)]
+    final = [torch.load(out / method / "checkpoint.pt", weights_only=True) for out in (straight, interrupted)]
     assert final[0]["step"] == final[1]["step"] == 20
-    assert final[0]["policy"].keys() == final[1]["policy"].keys()
-    assert all(torch.equal(final[0]["policy"][k], final[1]["policy"][k]) for k in final[0]["policy"])
+    weights = [state["trainer"]["policy"] for state in final]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     metrics = [json.loads((out / "metrics.json").read_text()) for out in (straight, interrupted)]
     assert without_wall_time(metrics[0]["methods"]) == without_wall_time(metrics[1]["methods"])
     histories = [list(csv.DictReader((out / f"history_{method}.csv").open())) for out in (straight, interrupted)]
@@ -373,5 +374,6 @@ def test_cli_resume_after_ctrl_c_reaches_the_uninterrupted_parameters(method, tm
 
     # resuming a finished run takes no further step
     assert main(compare_argv(path, method, straight, "--resume")) == 0
-    again = torch.load(straight / method / "checkpoint.pt", weights_only=False)
-    assert again["step"] == 20 and all(torch.equal(again["policy"][k], final[0]["policy"][k]) for k in again["policy"])
+    again = torch.load(straight / method / "checkpoint.pt", weights_only=True)
+    again_weights = again["trainer"]["policy"]
+    assert again["step"] == 20 and all(torch.equal(again_weights[k], weights[0][k]) for k in again_weights)

@@ -43,7 +43,7 @@ def test_keyboard_interrupt_leaves_a_checkpoint(small_task, tmp_path):
     trainer.step = interrupted_step
     with pytest.raises(KeyboardInterrupt):
         fit(trainer, steps=50, seed=0, checkpoint_dir=tmp_path)
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["step"] == 6 and state["method"] == "rl"
 
 

@@ -35,7 +35,7 @@ from ..estimators import floor_infeasible, leave_one_out_baseline
 from ..lm import AutoregressiveLM
 from ..model import PLATE, PolicyGuide, model
 from ..task import Task
-from ..training import Trainer
+from ..training import Trainer, load_trainable_state, trainable_state
 
 __all__ = [
     "ESTIMATORS",
@@ -165,8 +165,7 @@ class SVITrainer(Trainer):
         elbo, infer = make_elbo(estimator)
         pyro.clear_param_store()
         self.estimator = estimator
-        self.optim = pyro.optim.Adam({"lr": lr})
-        self.svi = SVI(model, PolicyGuide(policy, infer), self.optim, elbo)
+        self.svi = SVI(model, PolicyGuide(policy, infer), self.optimizer, elbo)
         self.validate_every_step = validate_every_step
         self._validated = False
 
@@ -177,11 +176,16 @@ class SVITrainer(Trainer):
         self._validated = True
         return {"elbo_estimate": -loss / self.num_sequences}
 
-    def optimizer_state(self) -> dict:
-        return self.optim.get_state()
+    def make_optimizer(self):
+        """Pyro's Adam (a ``PyroOptim`` wrapping one torch Adam per parameter), as ``pyro.infer.SVI`` needs."""
+        return pyro.optim.Adam({"lr": self.lr})
 
-    def load_optimizer_state(self, state: dict) -> None:
-        self.optim.set_state(state)
+    def state_dict(self) -> dict:
+        return {"policy": trainable_state(self.policy), "optimizer": self.optimizer.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        load_trainable_state(self.policy, state["policy"])
+        self.optimizer.set_state(state["optimizer"])
 
 
 @dataclass(frozen=True)

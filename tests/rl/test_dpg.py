@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from bayes_klrl import exact_posterior, fit, policy_metrics
-from bayes_klrl.dpg import DPGTrainer, dpg_coefficients, dpg_surrogate, exact_forward_kl
+from bayes_klrl.exact import exact_forward_kl
+from bayes_klrl.rl import DPGTrainer, dpg_coefficients, dpg_surrogate
 
-from .conftest import perturbed_policy, small_markov_task
+from ..conftest import perturbed_policy, small_markov_task
 
 #: a coordinate of the mean estimate may sit this many Monte Carlo standard errors from the exact gradient
 Z_BOUND = 5.0

@@ -49,12 +49,11 @@ import math
 
 import torch
 
-from .exact import ExactPosterior, enumerate_sequences, exact_posterior
-from .lm import AutoregressiveLM
-from .task import DEFAULT_MAX_ENUMERATION, Task
-from .training import Trainer
+from ..lm import AutoregressiveLM
+from ..task import Task
+from ..training import Trainer
 
-__all__ = ["NORMALIZATIONS", "PROPOSALS", "DPGTrainer", "dpg_coefficients", "dpg_surrogate", "exact_forward_kl"]
+__all__ = ["NORMALIZATIONS", "PROPOSALS", "DPGTrainer", "dpg_coefficients", "dpg_surrogate"]
 
 PROPOSALS = ("policy", "prior", "refresh")
 NORMALIZATIONS = ("running", "batch")
@@ -107,30 +106,6 @@ def dpg_surrogate(
     return -(coef * log_q).sum()
 
 
-def exact_forward_kl(
-    task: Task,
-    policy: AutoregressiveLM,
-    posterior: ExactPosterior | None = None,
-    *,
-    max_sequences: int = DEFAULT_MAX_ENUMERATION,
-) -> torch.Tensor:
-    r"""Exact, differentiable :math:`\mathrm{KL}(\pi^*\|q) = \sum_x \pi^*(x)[\log\pi^*(x) - \log q(x)]` (float64).
-
-    Enumerates all :math:`V^T` sequences in one batch; for small tasks (tests, the report's toy tasks).
-
-    Example::
-
-        >>> kl = exact_forward_kl(task, policy)
-        >>> kl.backward()         # the exact gradient DPG estimates
-    """
-    posterior = posterior if posterior is not None else exact_posterior(task, max_sequences=max_sequences)
-    x = enumerate_sequences(task.vocab_size, task.length).to(task.prior.device)
-    log_q = policy.log_prob(x).double().cpu()  # (V^T,)
-    log_p = posterior.log_probs
-    p = log_p.exp()
-    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(log_q)).sum()
-
-
 class DPGTrainer(Trainer):
     r"""Distributional policy gradient: Adam on the estimate of :math:`\nabla\,\mathrm{KL}(\pi^*\|q_\theta)`.
 
@@ -177,7 +152,6 @@ class DPGTrainer(Trainer):
         self.normalize = normalize
         self._log_w_sum = -math.inf  # logsumexp of every log-weight seen (the running estimate of Z)
         self._num_weights = 0
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
         self.proposal = proposal
         self.log_z = None if log_z is None else float(log_z)
         self.baseline = bool(baseline) and proposal == "policy"
@@ -241,16 +215,16 @@ class DPGTrainer(Trainer):
                 stats["refreshed"] = float(refreshed)
         return stats
 
-    def optimizer_state(self) -> dict:
+    def state_dict(self) -> dict:
         return {
-            "optimizer": self.optimizer.state_dict(),
+            **super().state_dict(),
             "proposal": None if self._frozen is None else self._frozen.state_dict(),
-            "log_w_sum": self._log_w_sum,
+            "log_w_sum": self._log_w_sum,  # the running estimate of Z
             "num_weights": self._num_weights,
         }
 
-    def load_optimizer_state(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         if state.get("proposal") is not None and self._frozen is not None:
             self._frozen.load_state_dict(state["proposal"])
-        self._log_w_sum, self._num_weights = state["log_w_sum"], state["num_weights"]
+        self._log_w_sum, self._num_weights = float(state["log_w_sum"]), int(state["num_weights"])

@@ -8,7 +8,7 @@ from bayes_klrl.infer.svi import SVITrainer
 from bayes_klrl.modelfile import load_task
 from bayes_klrl.rl import PPOTrainer, ReinforceTrainer, kl_per_token
 
-from .conftest import perturbed_policy, small_markov_task
+from ..conftest import perturbed_policy, small_markov_task
 
 Z_BOUND = 5.0
 ABS_SLACK = 1e-4
