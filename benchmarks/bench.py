@@ -1,4 +1,4 @@
-r"""Speed and sample-efficiency ratios measured side by side on one machine (the ``bayes-klrl bench`` command).
+r"""Speed and sample-efficiency ratios measured side by side on one machine (``bayes-klrl bench``).
 
 Each figure compares this package's implementation with the way the same computation is usually written, on
 the same task, in the same process, over several repetitions (medians; the two sides interleaved so a noisy,
@@ -23,9 +23,16 @@ shared machine slows both alike):
 - ``hf_sampling_speedup_vs_generate``: tokens/s of :meth:`bayes_klrl.lm.hf.HFCausalLM.sample` over
   ``model.generate(do_sample=True)`` on SmolLM2-135M, or ``None`` (``"skipped"``) without the ``[lm]`` extra.
 
-Example::
+Trainers come from :func:`bayes_klrl.methods.make_trainer`; the sample-efficiency runs are
+:func:`bayes_klrl.training.fit` with a ``stop`` condition.
 
-    >>> report = run_bench(QUICK, quick=True, progress=False)
+Example (``--quick``: under 2 minutes on 2 CPU cores; ``--json FILE`` writes every figure)::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench.py --quick --json bench_quick.json
+
+or from Python::
+
+    >>> report = run_bench(BenchConfig.quick(), quick=True, progress=False)
     >>> print(format_table(report))
 """
 
@@ -43,27 +50,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-__all__ = [
-    "BenchConfig",
-    "BenchReport",
-    "Efficiency",
-    "ExactSpeed",
-    "FULL",
-    "QUICK",
-    "SideBySide",
-    "bench_exact",
-    "bench_hf_sampling",
-    "bench_importance",
-    "bench_mcmc",
-    "bench_sample_efficiency",
-    "bench_svi_overhead",
-    "format_table",
-    "machine_info",
-    "run_bench",
-    "add_arguments",
-    "command",
-]
+import pyro
+import pyro.infer
+import torch
+from tqdm.auto import tqdm
+
+from bayes_klrl.config import Preset, add_config_arguments, config_from_args, option
+from bayes_klrl.exact import exact_posterior, policy_metrics
+from bayes_klrl.infer.importance import importance_sample
+from bayes_klrl.infer.mcmc import make_kernel
+from bayes_klrl.methods import make_trainer
+from bayes_klrl.model import model
+from bayes_klrl.modelfile import load_task
+from bayes_klrl.storage import write_json
+from bayes_klrl.training import fit, seed_everything
 
 #: the goals of the project's issue, as (comparison, value)
 GOALS = {
@@ -71,36 +73,56 @@ GOALS = {
     "svi_step_over_plain_torch_step": ("<=", 1.5),
     "mcmc_speedup_vs_pyro_mcmc_chains": (">=", 10.0),
 }
+#: the trained methods whose sample efficiency is measured (names of :data:`bayes_klrl.methods.METHODS`)
 TRAINED_METHODS = ("svi", "rl", "ppo")
+KERNELS = ("imh", "gibbs")
 
 
 @dataclass(frozen=True)
-class BenchConfig:
-    """Sizes of one benchmark run; :data:`QUICK` and :data:`FULL` are the CLI's presets."""
+class BenchConfig(Preset):
+    """Sizes of one benchmark run: the defaults are the full run (a few minutes on 2 CPU cores), ``QUICK`` the
+    ``--quick`` preset (under 2 minutes)."""
 
-    repeats: int = 5  # repetitions of every timed comparison (medians are reported)
-    seed: int = 0  # seeds every measurement
-    is_samples: int = 262_144  # importance_sample draws per repetition
-    pyro_is_samples: int = 1_000  # pyro.infer.Importance traces per repetition (one sequence each)
-    svi_num_sequences: int = 1024  # batch of the SVI and REINFORCE steps
-    svi_steps: int = 40  # timed steps of each trainer per repetition (interleaved)
-    svi_warmup: int = 3  # untimed steps of each first (the first SVI step runs Pyro's validation)
-    mcmc_kernels: tuple[str, ...] = ("imh", "gibbs")
-    mcmc_chains: int = 64  # C: chains of the vectorized kernel, and sequential single-chain runs
-    mcmc_samples: int = 100  # draws kept per chain
-    mcmc_warmup: int = 20  # warm-up steps per chain
-    exact_tasks: tuple[str, ...] = ("markov", "words_sentiment")
-    efficiency_methods: tuple[str, ...] = TRAINED_METHODS
-    efficiency_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    efficiency_num_sequences: int = 1024  # sequences (reward evaluations) per step
-    efficiency_max_steps: int = 1500  # give up after this many steps
-    efficiency_eval_every: int = 10  # steps between exact KL checks (the resolution of the count)
-    kl_goal: float = 0.05  # the exact KL(q||pi*) to reach
-    lr: float = 0.02  # Adam learning rate of SVI and REINFORCE (compare's default)
-    ppo_lr: float = 0.005  # PPO takes epochs x minibatches = 4 Adam steps per batch; at 0.02 it stalls near KL 0.11
-    hf_num_sequences: int = 8  # real-LM sampling batch
-    hf_tokens: int = 16  # tokens per sequence
-    hf_repeats: int = 3
+    repeats: int = option(5, "repetitions of every timed comparison (medians are reported)")
+    seed: int = option(0, "seeds every measurement")
+    is_samples: int = option(262_144, "importance_sample draws per repetition")
+    pyro_is_samples: int = option(1_000, "pyro.infer.Importance traces per repetition (one sequence each)")
+    svi_num_sequences: int = option(1024, "batch of the SVI and REINFORCE steps")
+    svi_steps: int = option(40, "timed steps of each trainer per repetition (interleaved)")
+    svi_warmup: int = option(3, "untimed steps of each first (the first SVI step runs Pyro's validation)")
+    mcmc_kernels: tuple[str, ...] = option(KERNELS, "MCMC kernels measured", choices=KERNELS)
+    mcmc_chains: int = option(64, "C: chains of the vectorized kernel, and sequential single-chain runs")
+    mcmc_samples: int = option(100, "draws kept per chain")
+    mcmc_warmup: int = option(20, "warm-up steps per chain")
+    exact_tasks: tuple[str, ...] = option(("markov", "words_sentiment"), "tasks enumerated exactly")
+    efficiency_methods: tuple[str, ...] = option(
+        TRAINED_METHODS, "methods whose reward evaluations to the KL goal are counted", choices=TRAINED_METHODS
+    )
+    efficiency_seeds: tuple[int, ...] = option((0, 1, 2, 3, 4), "seeds of the sample-efficiency runs")
+    efficiency_num_sequences: int = option(1024, "sequences (reward evaluations) per step")
+    efficiency_max_steps: int = option(1500, "give up after this many steps")
+    efficiency_eval_every: int = option(10, "steps between exact KL checks (the resolution of the count)")
+    kl_goal: float = option(0.05, "the exact KL(q||pi*) to reach")
+    lr: float = option(0.02, "Adam learning rate of SVI and REINFORCE (compare's default)")
+    # PPO takes epochs x minibatches = 4 Adam steps per batch; at 0.02 it stalls near KL 0.11
+    ppo_lr: float = option(0.005, "Adam learning rate of PPO")
+    hf_num_sequences: int = option(8, "real-LM sampling batch")
+    hf_tokens: int = option(16, "tokens per sequence")
+    hf_repeats: int = option(3, "repetitions of the real-LM timing")
+
+    QUICK: ClassVar[dict] = {
+        "repeats": 3,
+        "is_samples": 65_536,
+        "pyro_is_samples": 200,
+        "svi_steps": 20,
+        "mcmc_chains": 32,
+        "mcmc_samples": 50,
+        "mcmc_warmup": 10,
+        "efficiency_seeds": (0, 1),
+        "efficiency_max_steps": 600,
+        "efficiency_eval_every": 25,
+        "hf_repeats": 2,
+    }
 
     def __post_init__(self):
         for name in ("repeats", "is_samples", "pyro_is_samples", "svi_steps", "mcmc_chains", "mcmc_samples"):
@@ -114,24 +136,6 @@ class BenchConfig:
         unknown = [m for m in self.efficiency_methods if m not in TRAINED_METHODS]
         if unknown:
             raise ValueError(f"bench: unknown method(s) {', '.join(unknown)}; choose from {', '.join(TRAINED_METHODS)}")
-
-
-#: the full benchmark: a few minutes on 2 CPU cores
-FULL = BenchConfig()
-#: ``--quick``: under 2 minutes on 2 CPU cores
-QUICK = BenchConfig(
-    repeats=3,
-    is_samples=65_536,
-    pyro_is_samples=200,
-    svi_steps=20,
-    mcmc_chains=32,
-    mcmc_samples=50,
-    mcmc_warmup=10,
-    efficiency_seeds=(0, 1),
-    efficiency_max_steps=600,
-    efficiency_eval_every=25,
-    hf_repeats=2,
-)
 
 
 # -- records ---------------------------------------------------------------------------------------------------
@@ -278,9 +282,6 @@ class BenchReport:
 # -- helpers ---------------------------------------------------------------------------------------------------
 def machine_info() -> dict:
     """Python, torch and Pyro versions, torch threads, CPU count and load: what a reader needs to compare runs."""
-    import pyro
-    import torch
-
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -329,12 +330,6 @@ def bench_importance(task, *, num_samples: int, pyro_samples: int, repeats: int,
         >>> bench_importance(task, num_samples=4096, pyro_samples=50, repeats=1).ratio > 1
         True
     """
-    import pyro
-    import pyro.infer
-
-    from .infer.importance import importance_sample
-    from .model import model
-
     for name, value in (("num_samples", num_samples), ("pyro_samples", pyro_samples), ("repeats", repeats)):
         _check_positive(name, value, 2 if name != "repeats" else 1)
     ours, theirs, log_z = [], [], []
@@ -376,17 +371,13 @@ def bench_svi_overhead(
         >>> bench_svi_overhead(task, num_sequences=64, steps=5, repeats=1).ratio > 0
         True
     """
-    from .infer.svi import SVITrainer
-    from .rl import ReinforceTrainer
-    from .training import seed_everything
-
     _check_positive("steps", steps)
     _check_positive("repeats", repeats)
     svi_times, rl_times = [], []
     for i in range(repeats):
         seed_everything(seed + i)
-        svi = SVITrainer(task, task.make_policy(), num_sequences, lr=lr, estimator="loo")
-        rl = ReinforceTrainer(task, task.make_policy(), num_sequences, lr=lr)
+        svi = make_trainer("svi", task, task.make_policy(), num_sequences, lr=lr, estimator="loo")
+        rl = make_trainer("rl", task, task.make_policy(), num_sequences, lr=lr)
         for _ in range(warmup):
             svi.step()
             rl.step()
@@ -429,10 +420,6 @@ def bench_mcmc(
         >>> bench_mcmc(task, "imh", num_chains=4, num_samples=20, warmup=5, repeats=1).ratio > 0
         True
     """
-    import pyro.infer
-
-    from .infer.mcmc import make_kernel
-
     _check_positive("num_chains", num_chains)
     _check_positive("num_samples", num_samples)
     _check_positive("repeats", repeats)
@@ -478,8 +465,6 @@ def bench_exact(tasks: dict, *, repeats: int) -> tuple[ExactSpeed, ...]:
         >>> bench_exact({"markov": load_task("markov")}, repeats=2)[0].sequences_per_second > 0
         True
     """
-    from .exact import exact_posterior
-
     _check_positive("repeats", repeats)
     out = []
     for name, task in tasks.items():
@@ -493,16 +478,6 @@ def bench_exact(tasks: dict, *, repeats: int) -> tuple[ExactSpeed, ...]:
             )
         )
     return tuple(out)
-
-
-def _make_trainer(method: str, task, num_sequences: int, lr: float):
-    from .infer.svi import SVITrainer
-    from .rl import PPOTrainer, ReinforceTrainer
-
-    makers = {"svi": SVITrainer, "rl": ReinforceTrainer, "ppo": PPOTrainer}
-    if method not in makers:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(makers)}")
-    return makers[method](task, task.make_policy(), num_sequences, lr=lr)
 
 
 def bench_sample_efficiency(
@@ -519,7 +494,7 @@ def bench_sample_efficiency(
 ) -> Efficiency:
     r"""Reward evaluations ``method`` (``"svi"``, ``"rl"`` or ``"ppo"``) needs until the exact
     :math:`\mathrm{KL}(q\|\pi^*) \le` ``kl_goal``: ``steps × num_sequences`` at the first check (every
-    ``eval_every`` steps) that meets it; one run per seed, seeded as :func:`~bayes_klrl.training.fit` seeds.
+    ``eval_every`` steps) that meets it; one run per seed of :func:`~bayes_klrl.training.fit`, stopped there.
 
     Example::
 
@@ -527,29 +502,30 @@ def bench_sample_efficiency(
         >>> e.evaluations[0] % 2560 == 0
         True
     """
-    from .exact import exact_posterior, policy_metrics
-    from .training import seed_everything
-
     _check_positive("max_steps", max_steps)
     _check_positive("eval_every", eval_every)
     if not seeds:
         raise ValueError("seeds must not be empty")
     posterior = exact_posterior(task) if posterior is None else posterior
+
+    def evaluate(policy) -> dict:
+        return {"kl": policy_metrics(task, policy, posterior).kl_q_to_posterior}
+
     evaluations, final_kl, walls = [], [], []
     for seed in seeds:
-        trainer = _make_trainer(method, task, num_sequences, lr)
-        seed_everything(seed)
-        reached, kl, wall = None, math.inf, 0.0
-        for step in range(1, max_steps + 1):
-            wall += _timed(trainer.step)
-            if step % eval_every == 0 or step == max_steps:
-                kl = policy_metrics(task, trainer.policy, posterior).kl_q_to_posterior
-                if kl <= kl_goal:
-                    reached = step * trainer.reward_evaluations_per_step()
-                    break
-        evaluations.append(reached)
-        final_kl.append(kl)
-        walls.append(wall)
+        trainer = make_trainer(method, task, task.make_policy(), num_sequences, lr=lr)
+        result = fit(
+            trainer,
+            steps=max_steps,
+            seed=seed,
+            log_every=eval_every,
+            evaluate=evaluate,
+            stop=lambda row: row["kl"] <= kl_goal,
+        )
+        last = result.history[-1]  # the check that met the goal, or the one at max_steps
+        evaluations.append(last["reward_evaluations"] if last["kl"] <= kl_goal else None)
+        final_kl.append(last["kl"])
+        walls.append(result.wall_seconds)
     ranked = sorted(math.inf if e is None else e for e in evaluations)
     median = _median(ranked)
     return Efficiency(
@@ -582,9 +558,7 @@ def bench_hf_sampling(*, num_sequences: int, tokens: int, repeats: int, seed: in
 
     :raises ImportError: without the ``[lm]`` extra (see :func:`hf_available`).
     """
-    import torch
-
-    from .lm.hf import HFCausalLM, chat_prompt, load_smollm2
+    from bayes_klrl.lm.hf import HFCausalLM, chat_prompt, load_smollm2
 
     _check_positive("repeats", repeats)
     model, tokenizer = load_smollm2("cpu")
@@ -626,20 +600,16 @@ def bench_hf_sampling(*, num_sequences: int, tokens: int, repeats: int, seed: in
     )
 
 
-def run_bench(config: BenchConfig = FULL, *, quick: bool = False, progress: bool = True) -> BenchReport:
+def run_bench(config: BenchConfig | None = None, *, quick: bool = False, progress: bool = True) -> BenchReport:
     """Run every measurement of ``config`` on the shipped tasks; see the module docstring for what each means.
 
     Example::
 
-        >>> report = run_bench(QUICK, quick=True, progress=False)
+        >>> report = run_bench(BenchConfig.quick(), quick=True, progress=False)
         >>> report.figures()["is_speedup_vs_pyro_importance"] >= 50
         True
     """
-    from tqdm.auto import tqdm
-
-    from .exact import exact_posterior
-    from .modelfile import load_task
-
+    config = BenchConfig() if config is None else config
     t_start = time.perf_counter()
     machine = machine_info()
     markov = load_task("markov")
@@ -787,32 +757,30 @@ def format_table(report: BenchReport) -> str:
 
 
 # -- the command -----------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add this command's options to its subparser."""
-    parser.add_argument("--quick", action="store_true", help="smaller sizes: under 2 minutes on 2 CPU cores")
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="write every figure to FILE (JSON)")
-    parser.add_argument(
-        "--repeats", type=int, default=None, help="repetitions of each timing (default: 3 with --quick, else 5)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of every measurement (%(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave as is)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+def parser() -> argparse.ArgumentParser:
+    """``--quick``, ``--json FILE``, ``--threads N``, ``--no-progress`` and one flag per :class:`BenchConfig` field
+    (``--repeats N``, ``--seed N``, …)."""
+    p = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smaller sizes: under 2 minutes on 2 CPU cores")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write every figure to FILE (JSON)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave as is)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sizes = p.add_argument_group("sizes (defaults: the full run; --quick: the quick preset)")
+    add_config_arguments(sizes, BenchConfig, skip=("efficiency_seeds",), presets={"quick": BenchConfig.QUICK})
+    return p
 
 
-def command(args: argparse.Namespace) -> int:
-    """Run the benchmark, print the table, write ``--json`` FILE atomically."""
-    import torch
-
-    from .storage import write_json
-
-    config = QUICK if args.quick else FULL
-    changes = {"seed": args.seed}
-    if args.repeats is not None:
-        changes["repeats"] = args.repeats
-    config = dataclasses.replace(config, **changes)
-    if args.threads is not None:
-        if args.threads < 1:
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print the table, write ``--json`` FILE atomically. Bad sizes are one-line errors (exit 2)."""
+    args = parser().parse_args(argv)
+    try:
+        config = config_from_args(BenchConfig, args, base=BenchConfig.QUICK if args.quick else None)
+        if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    except ValueError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     report = run_bench(config, quick=args.quick, progress=not args.no_progress)
     print(format_table(report))
@@ -821,3 +789,7 @@ def command(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     sys.stdout.flush()
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

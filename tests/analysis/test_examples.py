@@ -1,11 +1,12 @@
-"""The analysis scripts and ``bayes-klrl report``: each runs on tiny settings and writes its figures and data,
-and the data says what the figures claim (ELBO = J/β at every step, the collapse without the KL term)."""
+"""Every script of ``analysis/`` run with tiny flags (Pyro's ``tests/test_examples.py``), and the report driver:
+each writes its figures and data, and the data says what the figures claim (ELBO = J/β at every step, the
+collapse without the KL term)."""
 
 from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
+import importlib
 import json
 import math
 from pathlib import Path
@@ -14,22 +15,12 @@ import pytest
 import torch
 
 from bayes_klrl import exact_posterior
-from bayes_klrl.cli import main as cli_main
+from bayes_klrl.config import add_config_arguments, config_from_args
 from bayes_klrl.modelfile import load_task
-from bayes_klrl.report import (
-    EXPERIMENTS,
-    BetaSweepConfig,
-    LearningCurvesConfig,
-    MCMCConfig,
-    add_config_arguments,
-    config_from_args,
-    expected_distinct,
-    sequence_labels,
-    two_modes_task,
-)
 from bayes_klrl.tasks.words import encode
 
-ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
+from .conftest import ANALYSIS
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: a readable multi-panel figure is never this small
 MIN_PNG_BYTES = 8_000
@@ -37,6 +28,8 @@ MIN_PNG_BYTES = 8_000
 IDENTITY_TOLERANCE = 1e-5
 #: RL without the KL term must end below this fraction of H(π*)
 COLLAPSE_FRACTION = 0.1
+#: files of analysis/ that are not experiments
+NOT_EXPERIMENTS = {"report", "smollm2_run", "_common", "_figures"}
 
 #: tiny settings per script: seconds, not minutes
 TINY = {
@@ -53,6 +46,8 @@ TINY = {
     "khat": ["--tasks", "markov", "--seeds", "1", "--steps", "10", "--log-every", "5", "--khat-samples", "300"],
     "mcmc_diagnostics": ["--task", "markov", "--num-samples", "60", "--warmup", "5", "--num-chains", "2"],
 }  # fmt: skip
+#: scripts whose tiny run takes more than ~10 s on 2 CPU cores
+SLOW = {"beta_sweep", "forward_reverse"}
 FIGURES = {
     "learning_curves": ["learning_curves.png"],
     "beta_sweep": ["beta_sweep.png"],
@@ -71,11 +66,9 @@ DATA = {
 }
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"analysis_{name}", ANALYSIS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(name: str):
+    """The module of ``analysis/<name>.py`` (imported once: ``analysis/`` is on ``sys.path``)."""
+    return importlib.import_module(name)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -90,41 +83,71 @@ def _assert_png(path: Path) -> None:
     assert len(data) > MIN_PNG_BYTES, f"{path.name} is only {len(data)} bytes"
 
 
+def _marked(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in names]
+
+
 @pytest.fixture(scope="module")
-def script_outputs(tmp_path_factory) -> dict[str, Path]:
-    """Run every analysis script once on tiny settings (shared by the tests below)."""
+def script_output(tmp_path_factory):
+    """``name -> folder``: run ``analysis/<name>.py`` once on tiny settings (shared by the tests below)."""
     outputs = {}
-    for name, options in TINY.items():
-        out = tmp_path_factory.mktemp(name)
-        assert _script(name).main(["--quick", "--no-progress", "--out", str(out), *options]) == 0
-        outputs[name] = out
-    return outputs
+
+    def get(name: str) -> Path:
+        if name not in outputs:
+            out = tmp_path_factory.mktemp(name)
+            assert script(name).main(["--quick", "--no-progress", "--out", str(out), *TINY[name]]) == 0
+            outputs[name] = out
+        return outputs[name]
+
+    return get
 
 
-@pytest.mark.parametrize("name", list(TINY))
-def test_script_writes_figures_and_data(script_outputs, name):
-    out = script_outputs[name]
+@pytest.mark.parametrize("name", _marked(TINY))
+def test_script_writes_figures_and_data(script_output, name):
+    out = script_output(name)
     for figure in FIGURES[name]:
         _assert_png(out / figure)
     for data in DATA[name]:
         assert (out / data).is_file() and (out / data).stat().st_size > 0, f"{data} missing or empty"
 
 
-def test_script_plot_only_redraws_from_the_saved_data(script_outputs, capsys):
-    out = script_outputs["posterior"]
+def test_script_plot_only_redraws_from_the_saved_data(script_output, capsys):
+    out = script_output("posterior")
+    capsys.readouterr()
     (out / "posterior_bars.png").unlink()
-    assert _script("posterior").main(["--plot-only", "--out", str(out)]) == 0
+    assert script("posterior").main(["--plot-only", "--out", str(out)]) == 0
     _assert_png(out / "posterior_bars.png")
     assert capsys.readouterr().out.split() == [str(out / "posterior_bars.png")]
 
 
 def test_every_experiment_has_a_script_and_a_tested_figure():
-    scripts = {Path(e.script).stem for e in EXPERIMENTS.values()}
-    assert scripts == set(TINY) == {p.stem for p in ANALYSIS.glob("*.py")} - {"smollm2_run"}
+    report = script("report")
+    assert set(report.MODULES) == set(TINY) == {p.stem for p in ANALYSIS.glob("*.py")} - NOT_EXPERIMENTS
+    for name in report.MODULES:
+        module = script(name)
+        for attribute in ("NAME", "Config", "run", "plot", "main"):
+            assert hasattr(module, attribute), f"{name}.py has no {attribute}"
+        assert module.__doc__ and "Writes into --out" in module.__doc__
 
 
-def test_elbo_and_objective_over_beta_agree_at_every_logged_step(script_outputs):
-    rows = _rows(script_outputs["learning_curves"] / "history.csv")
+@pytest.mark.parametrize("name", sorted(TINY) + ["report"])
+def test_script_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script(name).main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--out" in capsys.readouterr().out
+
+
+def test_library_imports_neither_matplotlib_nor_pandas():
+    package = Path(__file__).resolve().parents[2] / "bayes_klrl"
+    for path in package.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        for name in ("matplotlib", "pandas"):
+            assert f"import {name}" not in text and f"from {name}" not in text, f"{path} imports {name}"
+
+
+def test_elbo_and_objective_over_beta_agree_at_every_logged_step(script_output):
+    rows = _rows(script_output("learning_curves") / "history.csv")
     assert {r["method"] for r in rows} == {"svi", "rl"} and len(rows) == 2 * 2 * 5  # methods × seeds × logs
     for r in rows:
         elbo, objective_over_beta = float(r["exact_elbo"]), float(r["objective_over_beta"])
@@ -134,17 +157,19 @@ def test_elbo_and_objective_over_beta_agree_at_every_logged_step(script_outputs)
     assert elbos[-1] - elbos[0] > 0.1
 
 
-def test_learning_curves_identity_uses_log_z(script_outputs):
+def test_learning_curves_identity_uses_log_z(script_output):
     """ELBO = log Z − KL(q‖π*): the logged KL and ELBO add up to the enumerated log Z."""
-    summary = json.loads((script_outputs["learning_curves"] / "summary.json").read_text())
-    for r in _rows(script_outputs["learning_curves"] / "history.csv"):
+    out = script_output("learning_curves")
+    summary = json.loads((out / "summary.json").read_text())
+    for r in _rows(out / "history.csv"):
         assert float(r["exact_elbo"]) + float(r["kl_q_to_posterior"]) == pytest.approx(
             summary["log_z"], abs=IDENTITY_TOLERANCE
         )
 
 
-def test_rl_without_kl_collapses_below_a_tenth_of_the_posterior_entropy(script_outputs):
-    out = script_outputs["beta_sweep"]
+@pytest.mark.slow
+def test_rl_without_kl_collapses_below_a_tenth_of_the_posterior_entropy(script_output):
+    out = script_output("beta_sweep")
     summary = json.loads((out / "summary.json").read_text())
     rows = _rows(out / "collapse.csv")
     steps = max(int(r["step"]) for r in rows)
@@ -156,9 +181,10 @@ def test_rl_without_kl_collapses_below_a_tenth_of_the_posterior_entropy(script_o
     assert float(final["rl"]["entropy"]) > 0.9 * posterior_entropy
 
 
-def test_beta_sweep_limits(script_outputs):
+@pytest.mark.slow
+def test_beta_sweep_limits(script_output):
     """E_π*[r] rises towards max r as β falls; at β → 0 the posterior is π0 conditioned on argmax r."""
-    out = script_outputs["beta_sweep"]
+    out = script_output("beta_sweep")
     summary = json.loads((out / "summary.json").read_text())
     sweep = _rows(out / "sweep.csv")
     rewards = [float(r["expected_reward"]) for r in sweep]  # from the largest β to the smallest
@@ -167,46 +193,63 @@ def test_beta_sweep_limits(script_outputs):
     assert float(sweep[-1]["entropy"]) == pytest.approx(summary["beta_to_zero_limit"]["entropy"], abs=1e-2)
 
 
-def test_report_command_writes_its_index(tmp_path, monkeypatch, capsys):
-    """``bayes-klrl report --quick --only …`` with the quick presets shrunk to tiny ones."""
-    monkeypatch.setattr(MCMCConfig, "QUICK", {"task": "markov", "num_samples": 30, "warmup": 5, "num_chains": 2})
+def test_report_writes_its_index(tmp_path, monkeypatch, capsys):
+    """``analysis/report.py --quick --only …`` with the quick presets shrunk to tiny ones."""
+    report = script("report")
     monkeypatch.setattr(
-        LearningCurvesConfig,
+        script("mcmc_diagnostics").Config, "QUICK", {"task": "markov", "num_samples": 30, "warmup": 5, "num_chains": 2}
+    )
+    monkeypatch.setattr(
+        script("learning_curves").Config,
         "QUICK",
         {"seeds": 1, "steps": 4, "num_sequences": 16, "log_every": 2, "variance_batches": 2, "variance_sequences": 8},
     )
     out = tmp_path / "report"
-    assert cli_main(["report", "--quick", "--no-progress", "--only", "mcmc,learning_curves", "--out", str(out)]) == 0
+    assert report.main(["--quick", "--no-progress", "--only", "mcmc,learning_curves", "--out", str(out)]) == 0
     index = json.loads((out / "report.json").read_text())
     assert set(index) == {"mcmc", "learning_curves"}
+    scripts = {"mcmc": "mcmc_diagnostics.py", "learning_curves": "learning_curves.py"}
     for name, entry in index.items():
         assert entry["command"] == f"bayes-klrl report --quick --only {name} --out {out}"
+        assert entry["script"] == f"python analysis/{scripts[name]} --quick --out {out / name}"
+        assert entry["quick"] is True and entry["seconds"] > 0
+        assert entry["data"] == sorted(p.name for p in (out / name).iterdir() if p.suffix in (".csv", ".json", ".nc"))
         for figure in entry["figures"]:
             _assert_png(out / name / figure)
-    # --plot-only redraws from the saved data alone
+    assert index["mcmc"]["figures"] == ["mcmc_diagnostics.png"]
+    # --plot-only redraws from the saved data alone, and keeps the record of the run that made the data
     (out / "mcmc" / "mcmc_diagnostics.png").unlink()
-    assert cli_main(["report", "--quick", "--plot-only", "--only", "mcmc", "--out", str(out)]) == 0
+    seconds = index["mcmc"]["seconds"]
+    assert report.main(["--quick", "--plot-only", "--only", "mcmc", "--out", str(out)]) == 0
     _assert_png(out / "mcmc" / "mcmc_diagnostics.png")
     assert "mcmc_diagnostics.png" in capsys.readouterr().out
+    assert json.loads((out / "report.json").read_text())["mcmc"]["seconds"] == seconds
 
 
-def test_report_command_rejects_an_unknown_experiment(tmp_path, capsys):
-    assert cli_main(["report", "--only", "bogus", "--out", str(tmp_path)]) == 2
+def test_report_rejects_an_unknown_experiment(tmp_path, capsys):
+    assert script("report").main(["--only", "bogus", "--out", str(tmp_path)]) == 2
     assert "unknown experiment" in capsys.readouterr().err
 
 
 def test_config_from_args_quick_preset_then_options():
+    Config = script("beta_sweep").Config
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    add_config_arguments(parser, BetaSweepConfig)
-    config = config_from_args(BetaSweepConfig, parser.parse_args(["--quick", "--seeds", "2"]))
-    assert config.seeds == 2 and config.steps == BetaSweepConfig.QUICK["steps"]
-    assert config_from_args(BetaSweepConfig, parser.parse_args([])) == BetaSweepConfig()
+    add_config_arguments(parser, Config, presets={"quick": Config.QUICK})
+
+    def config(argv):
+        args = parser.parse_args(argv)
+        return config_from_args(Config, args, base=Config.QUICK if args.quick else None)
+
+    quick = config(["--quick", "--seeds", "2"])
+    assert quick.seeds == 2 and quick.steps == Config.QUICK["steps"]
+    assert config([]) == Config()
     with pytest.raises(ValueError, match="beta_min"):
-        BetaSweepConfig(beta_min=1.0, beta_max=0.5)
+        Config(beta_min=1.0, beta_max=0.5)
 
 
 def test_expected_distinct_matches_counting():
+    expected_distinct = script("_common").expected_distinct
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
     n = 6
     exact = sum(1 - (1 - p) ** n for p in probs.tolist())
@@ -218,13 +261,24 @@ def test_expected_distinct_matches_counting():
 
 
 def test_two_modes_task_has_two_separated_modes():
-    task = two_modes_task()
+    task = script("_common").two_modes_task()
     top, probs = exact_posterior(task).top_k(2)
     assert top.tolist() == [[0] * 6, [3] * 6]
     assert float(probs[0]) > float(probs[1]) > 0.1
 
 
 def test_sequence_labels_decode_the_word_task():
+    common = script("_common")
     task = load_task("words_sentiment")
-    assert sequence_labels(task, encode(["the dog is great"])) == ["the dog is great ."]
-    assert sequence_labels(two_modes_task(length=3), torch.tensor([[0, 3, 1]])) == ["0 3 1"]
+    assert common.sequence_labels(task, encode(["the dog is great"])) == ["the dog is great ."]
+    assert common.sequence_labels(common.two_modes_task(length=3), torch.tensor([[0, 3, 1]])) == ["0 3 1"]
+
+
+def test_figure_labels_come_from_the_method_registry():
+    from bayes_klrl.methods import METHODS
+
+    figures = script("_figures")
+    assert figures.label("rl") == METHODS["rl"].label
+    assert figures.label("exact") == figures.NAMES["exact"]
+    assert figures.color("svi") == figures.COLORS["svi"]
+    assert figures.color("not_a_method") in figures.FALLBACK_COLORS

@@ -1,13 +1,13 @@
-"""The benchmark at tiny sizes: every figure is produced, finite and positive. No timing assertions (noisy machines)."""
+"""``benchmarks/bench.py`` at tiny sizes: every figure is produced, finite and positive. No timing assertions (noisy
+machines)."""
 
 import dataclasses
 import json
 import math
 
+import bench
 import pytest
-
-from bayes_klrl import bench
-from bayes_klrl.bench import (
+from bench import (
     BenchConfig,
     bench_exact,
     bench_importance,
@@ -18,10 +18,10 @@ from bayes_klrl.bench import (
     hf_available,
     run_bench,
 )
-from bayes_klrl.cli import main
+
 from bayes_klrl.exact import exact_posterior, policy_metrics
 
-from .conftest import small_markov_task
+from ..conftest import small_markov_task
 
 #: a run of every measurement in a few seconds; kl_goal above KL(pi0 || pi*) so one step reaches it
 TINY = BenchConfig(
@@ -108,6 +108,7 @@ def test_sample_efficiency_reports_a_miss_as_none():
     assert e.evaluations == (None,) and e.median is None and e.reached == 0 and e.final_kl[0] > 1e-9
 
 
+@pytest.mark.slow
 def test_run_bench_figures_have_every_key_finite_and_positive():
     report = run_bench(TINY, progress=False)
     figures = json.loads(json.dumps(report.figures()))  # JSON-serializable as it stands
@@ -140,10 +141,11 @@ def test_real_lm_figure_is_skipped_cleanly_without_the_extra():
     assert "skipped" in format_table(report)
 
 
+@pytest.mark.slow
 def test_bench_command_writes_json_and_prints_the_table(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench, "QUICK", TINY)
+    monkeypatch.setattr(BenchConfig, "QUICK", dataclasses.asdict(TINY))
     path = tmp_path / "out" / "bench.json"
-    assert main(["bench", "--quick", "--json", str(path), "--no-progress", "--repeats", "1"]) == 0
+    assert bench.main(["--quick", "--json", str(path), "--no-progress", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "torch threads" in out and "measurement" in out and f"wrote {path}" in out
     doc = json.loads(path.read_text())
@@ -158,7 +160,7 @@ def test_bench_command_writes_json_and_prints_the_table(tmp_path, monkeypatch, c
     ids=["repeats0", "threads0"],
 )
 def test_bad_bench_arguments_are_one_line_errors(argv, message, capsys):
-    assert main(["bench", "--quick", "--no-progress", *argv]) == 2
+    assert bench.main(["--quick", "--no-progress", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
 
@@ -182,3 +184,17 @@ def test_a_broken_real_lm_extra_is_reported_not_raised(monkeypatch):
     assert report.figures()["hf_sampling_speedup_vs_generate"] is None
     assert report.hf_status == "failed: ImportError: gguf is too old"
     assert finite_positive(report.figures()["is_speedup_vs_pyro_importance"])  # the other figures are kept
+
+
+def test_bench_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--quick", "--json", "--repeats", "--threads", "--seed", "--no-progress"):
+        assert flag in out
+
+
+def test_quick_preset_is_the_quick_config():
+    quick = BenchConfig.quick()
+    assert quick.repeats == 3 and quick.efficiency_seeds == (0, 1) and BenchConfig().repeats == 5

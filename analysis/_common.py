@@ -1,0 +1,155 @@
+r"""What the experiments of ``analysis/`` share: loading a task, training a copy of a policy, checks on configs,
+writing ``summary.json``, the two-mode task, and the command line every script has.
+
+The scripts import this file as a sibling (``from _common import …``): run them as ``python analysis/<name>.py``,
+or put ``analysis/`` on ``sys.path`` before importing them (as ``tests/analysis/conftest.py`` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bayes_klrl.lm import AutoregressiveLM, CategoricalLM
+from bayes_klrl.methods import make_trainer
+from bayes_klrl.modelfile import load_task
+from bayes_klrl.storage import write_json
+from bayes_klrl.task import Task
+from bayes_klrl.training import FitResult, fit
+
+__all__ = [
+    "check_at_least_two",
+    "check_choices",
+    "check_positive",
+    "expected_distinct",
+    "fit_copy",
+    "load",
+    "mean",
+    "script_parser",
+    "sequence_labels",
+    "two_modes_task",
+    "write_summary",
+]
+
+#: where the scripts write by default (``runs/report/<experiment>``, as ``analysis/report.py`` does)
+DEFAULT_OUT = Path("runs/report")
+
+
+# -- configs -----------------------------------------------------------------------------------------------------
+def check_positive(config, *names: str) -> None:
+    """Raise ``ValueError`` unless every field ``names`` of ``config`` is a number > 0."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def check_at_least_two(config, *names: str) -> None:
+    """Sizes that must be >= 2 (a leave-one-out baseline needs two sequences in the batch)."""
+    if any(getattr(config, name) < 2 for name in names):
+        raise ValueError(f"{' and '.join(names)} must be >= 2")
+
+
+def check_choices(config, name: str, choices: tuple[str, ...]) -> None:
+    """A non-empty tuple of names from ``choices``."""
+    value = getattr(config, name)
+    if not value or any(v not in choices for v in value):
+        raise ValueError(f"{name} must be from {', '.join(choices)}; got {value!r}")
+
+
+def script_parser(doc: str, name: str) -> argparse.ArgumentParser:
+    """The flags every experiment script has: ``--out`` (default ``runs/report/<name>``), ``--quick``,
+    ``--plot-only`` and ``--no-progress``; the first paragraph of the script's docstring ``doc`` describes it.
+    The script adds its config's flags with :func:`bayes_klrl.config.add_config_arguments`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT / name, help="output folder (%(default)s)")
+    parser.add_argument("--quick", action="store_true", help="the quick preset (options given still override it)")
+    parser.add_argument("--plot-only", action="store_true", help="only redraw the figure from the data in --out")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+# -- tasks and training ------------------------------------------------------------------------------------------
+def load(task_spec: str, beta: float | None = None) -> Task:
+    """A shipped task or model file (:func:`bayes_klrl.modelfile.load_task`), with β replaced if given."""
+    task = load_task(task_spec)
+    return task if beta is None else task.replace(beta=beta)
+
+
+def fit_copy(
+    method: str, task: Task, template: AutoregressiveLM, config, seed: int, *, progress: bool, evaluate=None
+) -> FitResult:
+    """Train a copy of ``template`` with ``method`` (:func:`bayes_klrl.methods.make_trainer`) for ``config.steps``
+    steps of ``config.num_sequences`` sequences at ``config.lr`` from ``seed``, logging ``evaluate`` every
+    ``config.log_every`` steps (only at the ends when the config has no ``log_every``)."""
+    trainer = make_trainer(method, task, copy.deepcopy(template), config.num_sequences, lr=config.lr)
+    log_every = getattr(config, "log_every", config.steps)
+    return fit(trainer, steps=config.steps, seed=seed, log_every=log_every, evaluate=evaluate, progress=progress)
+
+
+def expected_distinct(log_probs: torch.Tensor, num_samples: int) -> float:
+    r"""Expected number of distinct sequences among ``num_samples`` i.i.d. draws of ``exp(log_probs)``:
+    :math:`\sum_x 1 - (1 - p(x))^N`.
+
+    Example::
+
+        >>> expected_distinct(torch.log(torch.tensor([0.5, 0.5])), 2)   # 2 - 2 * 0.25
+        1.5
+    """
+    p = log_probs.double().exp().clamp(max=1.0)
+    return float((-torch.expm1(num_samples * torch.log1p(-p.clamp(max=1 - 1e-16)))).sum())
+
+
+def sequence_labels(task: Task, sequences: torch.Tensor) -> list[str]:
+    """Readable labels: the task's ``decode`` (word tasks) or the token ids joined by spaces."""
+    if task.decode is not None:
+        return list(task.decode(sequences.cpu()))
+    return [" ".join(str(int(t)) for t in row) for row in sequences.cpu()]
+
+
+def two_modes_task(beta: float = 0.35, vocab_size: int = 4, length: int = 6, tilt: float = 0.15) -> Task:
+    r"""A small enumerable task whose posterior has two separated modes.
+
+    Prior: i.i.d. tokens, :math:`\pi_0(x) = \prod_t \mathrm{softmax}(\ell)_{x_t}` with :math:`\ell = (\text{tilt},
+    0, \dots, 0)`. Reward: :math:`r(x) = \max(\#\{t: x_t = 0\}, \#\{t: x_t = V-1\})`, high for sequences that
+    stay with token 0 or with token V−1. With the defaults (V = 4, T = 6, 4,096 sequences, β = 0.35) the
+    posterior puts 0.56 of its mass within one token of ``0 0 0 0 0 0`` (mode A), 0.25 within one token of
+    ``3 3 3 3 3 3`` (mode B) and 0.19 elsewhere.
+
+    Example::
+
+        >>> task = two_modes_task()
+        >>> exact_posterior(task).top_k(2)[0]
+        tensor([[0, 0, 0, 0, 0, 0],
+                [3, 3, 3, 3, 3, 3]])
+    """
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
+    last = vocab_size - 1
+
+    def reward(x: torch.Tensor) -> torch.Tensor:
+        return torch.maximum((x == 0).sum(-1), (x == last).sum(-1)).to(torch.get_default_dtype())
+
+    logits = torch.zeros(vocab_size)
+    logits[0] = tilt
+    return Task(prior=CategoricalLM(logits), reward=reward, beta=beta, length=length, name="two_modes")
+
+
+# -- saving ------------------------------------------------------------------------------------------------------
+def mean(rows: list[dict], key: str) -> float:
+    return float(np.mean([r[key] for r in rows]))
+
+
+def write_summary(out: Path, config, task: Task | None = None, about: dict | None = None, **fields) -> dict:
+    """Write and return ``summary.json``: the task's name and β (with a ``task``), ``about`` it, the config, then
+    ``fields``."""
+    summary = {} if task is None else {"task": task.name, "beta": task.beta}
+    summary.update(about or {})
+    summary.update(config=dataclasses.asdict(config), **fields)
+    write_json(Path(out) / "summary.json", summary)
+    return summary

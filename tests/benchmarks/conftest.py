@@ -1,0 +1,8 @@
+"""Put ``benchmarks/`` on ``sys.path`` so that the tests import ``bench`` as ``python benchmarks/bench.py`` runs."""
+
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
