@@ -1,8 +1,8 @@
 r"""Train a LoRA policy on the SmolLM2 sentiment task (CPU-sized) and measure it against the prior.
 
 Loads the shipped task ``smollm2_sentiment`` (SmolLM2-135M-Instruct, 16 tokens, MiniLM contrastive reward),
-trains ``prior.trainable_copy()`` (LoRA) with SVI or REINFORCE (RLOO, KL in the reward) through
-:func:`bayes_klrl.fit`, then draws ``--eval-samples`` continuations from the prior and from the policy and
+trains ``prior.trainable_copy()`` (LoRA) with SVI or REINFORCE (RLOO, KL in the reward; trainers from
+:func:`bayes_klrl.methods.make_trainer`) through :func:`bayes_klrl.training.fit`, then draws ``--eval-samples`` continuations from the prior and from the policy and
 writes into ``--out``:
 
 - ``metrics.json``: Monte Carlo figures with standard errors, for the prior and the policy as :math:`q`:
@@ -15,45 +15,69 @@ writes into ``--out``:
 - ``samples_before.txt`` / ``samples_after.txt``: the continuations with their rewards;
 - ``adapter.pt``: the LoRA weights only (the trainable parameters).
 
-Example (about 25 minutes on 2 CPU cores)::
+Needs the ``[lm]`` extra (transformers) and the SmolLM2 weights. Example (about 25 minutes on 2 CPU cores)::
 
     python analysis/smollm2_run.py --method rl --steps 250 --batch 8 --out /tmp/lm_run
+
+``--quick`` is a smoke run of a few steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
-from bayes_klrl import fit
-from bayes_klrl.infer.svi import SVITrainer
+from bayes_klrl.config import Preset, add_config_arguments, config_from_args, option
+from bayes_klrl.methods import make_trainer
 from bayes_klrl.modelfile import load_task
-from bayes_klrl.rl import ReinforceTrainer
+from bayes_klrl.training import fit
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+@dataclass(frozen=True)
+class Config(Preset):
+    """One LoRA training run on ``smollm2_sentiment`` and its evaluation."""
+
+    steps: int = option(250, "training steps")
+    batch: int = option(8, "sequences per step (>= 2, the leave-one-out baseline)")
+    method: str = option("rl", "SVI (Pyro, LOO ELBO) or REINFORCE (RLOO)", choices=("svi", "rl"))
+    lr: float = option(1e-3, "Adam learning rate of the LoRA weights")
+    beta: float = option(0.25, "KL coefficient")
+    length: int = option(16, "continuation tokens")
+    reward: str = option("embedding", "the task's reward", choices=("embedding", "lexicon"))
+    eval_samples: int = option(64, "continuations drawn from prior and policy")
+    eval_batch: int = option(16, "continuations per sampling/scoring call")
+    log_every: int = option(10, "steps between history rows")
+    seed: int = option(0, "seeds training; evaluation uses seed + 1 and seed + 2")
+    device: str = option("cpu", "cpu or cuda")
+    threads: int = option(0, "torch CPU threads (0: torch's default)")
+
+    #: a smoke run: a few steps and draws (minutes on CPU, most of it loading the models)
+    QUICK: ClassVar[dict] = {"steps": 4, "batch": 4, "eval_samples": 8, "eval_batch": 8, "log_every": 2}
+
+    def __post_init__(self):
+        if self.batch < 2:
+            raise ValueError(f"batch must be >= 2 (the leave-one-out baseline), got {self.batch}")
+        for name in ("steps", "eval_samples", "eval_batch", "log_every", "lr", "beta", "length"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps", type=int, default=250, help="training steps")
-    p.add_argument("--batch", type=int, default=8, help="sequences per step (>= 2, the leave-one-out baseline)")
-    p.add_argument("--method", choices=("svi", "rl"), default="rl", help="SVI (Pyro, LOO ELBO) or REINFORCE (RLOO)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the LoRA weights")
-    p.add_argument("--beta", type=float, default=0.25, help="KL coefficient")
-    p.add_argument("--length", type=int, default=16, help="continuation tokens")
-    p.add_argument("--reward", choices=("embedding", "lexicon"), default="embedding", help="the task's reward")
-    p.add_argument("--eval-samples", type=int, default=64, help="continuations drawn from prior and policy")
-    p.add_argument("--eval-batch", type=int, default=16, help="continuations per sampling/scoring call")
-    p.add_argument("--log-every", type=int, default=10, help="steps between history rows")
-    p.add_argument("--seed", type=int, default=0, help="seeds training; evaluation uses seed + 1 and seed + 2")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    return p.parse_args(argv)
+    p.add_argument("--quick", action="store_true", help="a smoke run (options given still override it)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_config_arguments(p, Config, presets={"quick": Config.QUICK})
+    return p
 
 
 def _logmeanexp(x: torch.Tensor) -> float:
@@ -117,53 +141,53 @@ def write_samples(path: Path, draws: dict, title: str) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
+def run(config: Config, out: str | Path, *, progress: bool = False) -> dict:
+    """Train and evaluate (see the module docstring); write every file into ``out`` and return ``metrics.json``."""
+    out = Path(out)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    out.mkdir(parents=True, exist_ok=True)
     timings = {}
 
     t0 = time.perf_counter()
-    task = load_task("smollm2_sentiment", beta=args.beta, length=args.length, device=args.device, reward=args.reward)
+    task = load_task(
+        "smollm2_sentiment", beta=config.beta, length=config.length, device=config.device, reward=config.reward
+    )
     timings["load_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    before = draw_and_score(task, task.prior, args.eval_samples, args.eval_batch, args.seed + 1)
+    before = draw_and_score(task, task.prior, config.eval_samples, config.eval_batch, config.seed + 1)
     timings["eval_prior_seconds"] = time.perf_counter() - t0
-    write_samples(args.out / "samples_before.txt", before, f"prior pi0, beta={task.beta}")
-    print(f"prior: mean reward {before['rewards'].mean():.3f} over {args.eval_samples} samples", flush=True)
+    write_samples(out / "samples_before.txt", before, f"prior pi0, beta={task.beta}")
+    print(f"prior: mean reward {before['rewards'].mean():.3f} over {config.eval_samples} samples", flush=True)
 
     policy = task.make_policy("copy")  # LoRA on shared frozen weights
     num_trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-    if args.method == "svi":
-        trainer = SVITrainer(task, policy, args.batch, lr=args.lr)
-    else:
-        trainer = ReinforceTrainer(task, policy, args.batch, lr=args.lr)
-    result = fit(trainer, steps=args.steps, seed=args.seed, log_every=args.log_every, progress=True)
+    trainer = make_trainer(config.method, task, policy, config.batch, lr=config.lr)
+    result = fit(trainer, steps=config.steps, seed=config.seed, log_every=config.log_every, progress=progress)
     timings["train_seconds"] = result.wall_seconds
-    timings["seconds_per_step"] = result.wall_seconds / max(1, args.steps)
+    timings["seconds_per_step"] = result.wall_seconds / max(1, config.steps)
 
     t0 = time.perf_counter()
-    after = draw_and_score(task, result.policy, args.eval_samples, args.eval_batch, args.seed + 2)
+    after = draw_and_score(task, result.policy, config.eval_samples, config.eval_batch, config.seed + 2)
     timings["eval_policy_seconds"] = time.perf_counter() - t0
-    write_samples(args.out / "samples_after.txt", after, f"policy after {args.steps} {args.method} steps")
+    write_samples(out / "samples_after.txt", after, f"policy after {config.steps} {config.method} steps")
 
     keys = sorted({k for row in result.history for k in row})
-    with open(args.out / "history.csv", "w", newline="", encoding="utf-8") as f:
+    with open(out / "history.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(result.history)
     adapter = {n: p.detach().cpu() for n, p in result.policy.named_parameters() if p.requires_grad}
-    torch.save(adapter, args.out / "adapter.pt")
+    torch.save(adapter, out / "adapter.pt")
 
     prior_metrics, policy_metrics = mc_metrics(before, task.beta), mc_metrics(after, task.beta)
     metrics = {
         "task": task.name,
         "beta": task.beta,
         "length": task.length,
-        "method": args.method,
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "method": config.method,
+        "settings": {**dataclasses.asdict(config), "out": str(out)},
         "trainable_parameters": num_trainable,
         "prior_parameters": sum(p.numel() for p in task.prior.parameters()),
         "prior": prior_metrics,
@@ -171,8 +195,15 @@ def main(argv=None) -> int:
         "timings": timings,
         "torch_threads": torch.get_num_threads(),
     }
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     print(json.dumps({"prior": prior_metrics, "policy": policy_metrics, "timings": timings}, indent=2), flush=True)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    config = config_from_args(Config, args, base=Config.QUICK if args.quick else None)
+    run(config, args.out, progress=not args.no_progress)
     print(f"wrote {args.out}", flush=True)
     return 0
 

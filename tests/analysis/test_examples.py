@@ -130,7 +130,7 @@ def test_every_experiment_has_a_script_and_a_tested_figure():
         assert module.__doc__ and "Writes into --out" in module.__doc__
 
 
-@pytest.mark.parametrize("name", sorted(TINY) + ["report"])
+@pytest.mark.parametrize("name", sorted(TINY) + ["report", "smollm2_run"])
 def test_script_help(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         script(name).main(["--help"])
