@@ -1,23 +1,27 @@
 """The ``bayes-klrl`` command line (also ``python -m bayes_klrl``).
 
 Subcommands: ``compare`` (run methods on a task and score them against the exact posterior), ``tasks``
-(list the shipped tasks), ``bench`` (speed and sample-efficiency ratios measured side by side) and
-``report`` (the analysis figures). Errors in user input print one line and exit with status 2.
+(list the shipped tasks), and, from a checkout of the repository, ``report`` (the analysis figures,
+``analysis/report.py``) and ``bench`` (speed and sample-efficiency ratios, ``benchmarks/bench.py``).
+The options of ``compare`` are the fields of :class:`~bayes_klrl.compare.CompareConfig`. Errors in user input
+print one line and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
-
-def _methods(text: str) -> tuple[str, ...]:
-    return tuple(m.strip() for m in text.split(",") if m.strip())
+#: subcommands that run a script of the repository checkout: name -> (path from the repository root, help)
+SCRIPTS = {
+    "report": ("analysis/report.py", "run the analysis experiments and write every figure with its data"),
+    "bench": ("benchmarks/bench.py", "measure speed and sample-efficiency ratios side by side"),
+}
 
 
 def _override(text: str) -> tuple[str, object]:
@@ -31,13 +35,12 @@ def _override(text: str) -> tuple[str, object]:
     return key.strip(), parsed
 
 
-def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
-    """The argument parser; with ``suppress_defaults`` the compare options the user did not give are absent from
-    the parsed namespace (how a model file's ``COMPARE_DEFAULTS`` fill in only what the command line left open)."""
-    from .compare import METHODS, TRAINED, CompareConfig
-    from .infer.mcmc import KERNELS
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser. ``compare``'s options not given on the command line parse to ``None``, so a model
+    file's ``COMPARE_DEFAULTS`` can fill them in below the command line."""
+    from .compare import CompareConfig
+    from .config import add_config_arguments
 
-    defaults = CompareConfig()
     parser = argparse.ArgumentParser(
         prog="bayes-klrl",
         description="KL-regularized RL as Bayesian inference: compare SVI, RL and exact posteriors on a task.",
@@ -47,72 +50,11 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "compare",
         help="run methods on a task and score them against the posterior",
-        description="Run inference methods on MODEL and write DIR/metrics.json, metrics.csv and learning curves.",
+        description="Run inference methods on MODEL and write DIR/metrics.json, metrics.csv, learning curves "
+        "and ArviZ NetCDF files.",
     )
     p.add_argument("model", metavar="MODEL", help="a shipped task's name (see 'bayes-klrl tasks') or a model file path")
-    p.add_argument(
-        "--methods",
-        type=_methods,
-        default=defaults.methods,
-        help=f"comma-separated, from {','.join(METHODS)} (default: {','.join(defaults.methods)})",
-    )
     p.add_argument("--beta", type=float, default=None, help="override the task's KL coefficient beta (> 0)")
-    p.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps per trained method (%(default)s)")
-    p.add_argument(
-        "--num-sequences",
-        type=int,
-        default=defaults.num_sequences,
-        help="sequences sampled per step, the same for every method (%(default)s)",
-    )
-    p.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate (%(default)s)")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="random seed, shared by all methods (%(default)s)")
-    p.add_argument(
-        "--policy", choices=("auto", "tabular", "copy"), default=defaults.policy, help="policy class (%(default)s)"
-    )
-    p.add_argument(
-        "--estimator",
-        choices=("loo", "trace", "tracegraph"),
-        default=defaults.estimator,
-        help="SVI estimator (%(default)s)",
-    )
-    p.add_argument(
-        "--kl-estimator", choices=("k1", "k3"), default=defaults.kl_estimator, help="PPO KL estimator (%(default)s)"
-    )
-    p.add_argument("--kl-target", type=float, default=None, help="PPO adaptive-KL target in nats (default: fixed beta)")
-    p.add_argument(
-        "--eval-samples",
-        type=int,
-        default=defaults.eval_samples,
-        help="Monte Carlo samples for the final figures of tasks too large to enumerate (%(default)s)",
-    )
-    p.add_argument(
-        "--log-every", type=int, default=defaults.log_every, help="steps between logged points (%(default)s)"
-    )
-    p.add_argument(
-        "--checkpoint-every", type=int, default=0, help="steps between checkpoints (default: end and Ctrl-C)"
-    )
-    p.add_argument(
-        "--mcmc-kernel",
-        choices=("auto", *KERNELS),
-        default=defaults.mcmc_kernel,
-        help="MCMC kernel: single-site Gibbs, independence MH with the prior as proposal, or auto "
-        "(Gibbs up to 256 tokens, unless --mcmc-proposal is a policy) (%(default)s)",
-    )
-    p.add_argument(
-        "--mcmc-proposal",
-        choices=("prior", *TRAINED),
-        default=defaults.mcmc_proposal,
-        help="independence-MH proposal: the prior or a policy trained earlier in --methods (%(default)s)",
-    )
-    p.add_argument("--chains", type=int, default=defaults.chains, help="MCMC chains, vectorized (%(default)s)")
-    p.add_argument("--draws", type=int, default=defaults.draws, help="MCMC draws kept per chain (%(default)s)")
-    p.add_argument("--warmup", type=int, default=defaults.warmup, help="MCMC warm-up steps per chain (%(default)s)")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue trained methods from their checkpoints in DIR (a method without one starts afresh; "
-        "the settings must match the checkpoint's, --steps may grow)",
-    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -122,86 +64,77 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="keyword passed to the model file's task(), e.g. --set length=4 (repeatable)",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (%(default)s)")
+    p.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default: runs/compare)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    if suppress_defaults:
-        for action in p._actions:
-            if action.dest not in ("help", "model"):
-                action.default = argparse.SUPPRESS
+    add_config_arguments(p.add_argument_group("comparison settings"), CompareConfig, skip=("max_enumeration",))
 
     sub.add_parser(
         "tasks", help="list the shipped tasks", description="List shipped tasks with V, T, beta, enumerability."
     )
-    for name, help_text in MODULE_COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
-        _command_module(name).add_arguments(p)
+    for name, (script, help_text) in SCRIPTS.items():
+        s = sub.add_parser(
+            name,
+            help=help_text + f" (runs {script}; needs the repository checkout)",
+            description=f"Runs {script} of the repository checkout; its options follow.",
+            add_help=False,
+        )
+        s.add_argument("args", nargs=argparse.REMAINDER, help=f"options of {script} (see --help)")
     return parser
 
 
-#: subcommands whose module (``bayes_klrl.<name>``) defines ``add_arguments(parser)`` and ``command(args)``
-MODULE_COMMANDS = {
-    "bench": "measure speed and sample-efficiency ratios side by side",
-    "report": "run the analysis scripts and write every figure with its data",
-}
+def _script_main(name: str):
+    """``main`` of the checkout's script for subcommand ``name``; a ValueError when there is no checkout."""
+    relative = SCRIPTS[name][0]
+    path = Path(__file__).resolve().parents[1] / relative
+    if not path.is_file():
+        raise ValueError(
+            f"'bayes-klrl {name}' runs {relative} from the repository checkout, which this installation does not "
+            "have; clone the repository and install it with pip install -e '.[figures]'"
+        )
+    root = str(path.parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)  # the script imports its neighbours (analysis._common, …)
+    spec = importlib.util.spec_from_file_location(f"_bayes_klrl_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
 
 
-def _command_module(name: str):
-    return importlib.import_module(f".{name}", __package__)
-
-
-def _compare(args, given: set[str]) -> int:
-    import dataclasses
-
-    from .compare import CompareConfig, format_table, run_compare
+def _compare(args) -> int:
+    from .compare import CompareConfig, format_table, prepare_output, run_compare, save_comparison
+    from .config import config_from_args, given_options
+    from .diagnostics import reading_notes
     from .modelfile import load_model
     from .task import RewardError
 
     # the model file is imported once; its COMPARE_DEFAULTS sit below the command line
     task, from_file, path = load_model(args.model, **dict(args.overrides))
     if args.beta is not None:
+        if "beta" in dict(args.overrides):
+            raise ValueError("--beta and --set beta=... both given; use one")
         task = task.replace(beta=args.beta)
-    fields = {f.name for f in dataclasses.fields(CompareConfig)}
-    config = CompareConfig(**{**from_file, **{k: v for k, v in vars(args).items() if k in fields and k in given}})
+    config = config_from_args(CompareConfig, args, base=from_file)
+    given = given_options(CompareConfig, args)
     used = [k for k in from_file if k not in given]
     if used:
         print("model file defaults: " + ", ".join(f"{k}={from_file[k]}" for k in used))
+    out = prepare_output(args.out)  # an unusable folder is found before any training
     enumerable = f"{task.num_sequences:,} sequences, enumerable" if task.is_enumerable() else "not enumerable"
     print(f"task {task.name}: V={task.vocab_size}, T={task.length}, beta={task.beta:g} ({enumerable})")
     try:
-        comparison = run_compare(task, config, args.out, progress=not args.no_progress)
+        comparison = run_compare(task, config, checkpoint_dir=out, progress=not args.no_progress)
     except RewardError as exc:  # the reward passed the construction check but failed on a later batch
         raise ValueError(f"model file '{path}': {exc}") from exc
-    exact = comparison.metrics["exact"]
-    if exact is not None:
-        print(
-            f"exact: log Z = {exact['log_z']:.6f}, E[r] = {exact['expected_reward']:.4f}, H = {exact['entropy']:.4f} nats"
-        )
-    print(format_table(comparison.metrics))
-    for note in _diagnostic_notes(comparison.metrics["methods"]):
+    save_comparison(comparison, out)
+    p = comparison.posterior
+    if p is not None:
+        print(f"exact: log Z = {p.log_z:.6f}, E[r] = {p.expected_reward:.4f}, H = {p.entropy:.4f} nats")
+    rows = [row.to_dict() for row in comparison.rows]
+    print(format_table(rows))
+    for note in reading_notes(rows):
         print(note)
-    print(f"wrote {args.out / 'metrics.json'}")
+    print(f"wrote {out / 'metrics.json'}")
     return 0
-
-
-def _diagnostic_notes(rows: list[dict]) -> list[str]:
-    """One line per row whose diagnostics say its figures should not be trusted yet."""
-    from .diagnostics import RHAT_MAX
-
-    notes = []
-    for row in rows:
-        rhat = row.get("rhat")
-        if rhat is not None and rhat > RHAT_MAX:
-            other = "imh" if row.get("kernel") == "gibbs" else "gibbs"
-            notes.append(
-                f"note: {row['method']} R-hat {rhat:.3f} > {RHAT_MAX}: the chains disagree, so its figures are not "
-                f"reliable yet; run longer (--draws, --warmup) or try --mcmc-kernel {other}"
-            )
-        if row.get("khat_label") == "unreliable" and row["method"] != "is":
-            notes.append(
-                f"note: {row['method']} k-hat {row['khat']:.2f} with ESS {row['ess']:.3f}: the policy is not yet a "
-                "reliable importance proposal for the posterior (train longer, or read its KL where it is exact)"
-            )
-    return notes
 
 
 def _tasks(args) -> int:
@@ -225,13 +158,14 @@ def _tasks(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0] in SCRIPTS:  # the script parses its own options (and prints its own --help)
+            return _script_main(argv[0])(argv[1:])
+        args = build_parser().parse_args(argv)
         if args.command == "compare":
-            return _compare(args, set(vars(build_parser(suppress_defaults=True).parse_args(argv))))
-        if args.command == "tasks":
-            return _tasks(args)
-        return _command_module(args.command).command(args)
+            return _compare(args)
+        return _tasks(args)
     except (ValueError, FileNotFoundError) as exc:  # user input: one line, no traceback
         print(f"bayes-klrl: error: {exc}", file=sys.stderr)
         return 2

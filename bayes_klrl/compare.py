@@ -1,272 +1,193 @@
 r"""Run several inference methods on one task and score them side by side (the ``compare`` command).
 
-Every method row carries the same fields; figures that need the exact posterior are exact where the task
-is enumerable and ``None`` otherwise:
+:func:`run_compare` runs each method of :data:`~bayes_klrl.methods.METHODS` named in
+:class:`CompareConfig` and returns a :class:`Comparison`; :func:`save_comparison` writes it:
 
-- ``elbo``: :math:`\mathbb{E}_q[\log\pi_0 + r/\beta - \log q]` (exact, or a Monte Carlo estimate);
-- ``kl_q_to_posterior`` :math:`= \log Z - \mathrm{ELBO}`, ``kl_posterior_to_q``, ``tv_to_posterior``;
-- ``expected_reward`` :math:`\mathbb{E}_q[r]`, ``kl_to_prior`` :math:`\mathrm{KL}(q\|\pi_0)`;
-- ``reward_evaluations`` and ``wall_seconds`` (training only);
-- ``log_z``, ``log_z_se``, ``ess``, ``khat``: importance sampling with the method's policy as proposal
-  (``eval_samples`` draws), or for the ``is`` row with the prior as proposal on the trained methods' reward
-  budget. A policy's PSIS :math:`\hat k` below 0.5 says it is a good proposal for π*, above 0.7 not usable;
-  ``khat_label`` is that reading, ``good`` also when ``max_weight_ratio`` (largest weight / mean weight) ≤ 3;
-- ``rhat``, ``ess_bulk`` (of the reward), ``acceptance_rate``: the ``mcmc`` row, whose ``expected_reward``
-  is the mean reward of the draws and ``tv_to_posterior`` their empirical distribution's distance to π*.
+- ``metrics.json``: the task, β, the exact figures (``null`` when the task is too large to enumerate), the
+  meaning of every column, and one :class:`~bayes_klrl.methods.Row` per method; ``metrics.csv``: the rows;
+- ``history_<method>.csv``: a trained method's learning curve (exact KL(q‖π*) every ``log_every`` steps);
+- ``<method>.nc``: the method's draws as ArviZ InferenceData (importance draws for ``is`` and the trained
+  policies, chains for ``mcmc``).
 
-Each method that draws sequences (``is``, ``mcmc`` and the trained policies, whose importance draws give
-their :math:`\hat k`) also leaves its draws as ArviZ InferenceData in ``DIR/<method>.nc``.
+Trained methods also keep ``<method>/checkpoint.pt`` in the output folder while they train (``--resume``).
 """
 
 from __future__ import annotations
 
+import math
+import os
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from .diagnostics import importance_inference_data, mcmc_inference_data, save_netcdf, scalar_diagnostics
-from .rl import DPGTrainer
-from .exact import ExactPosterior, exact_posterior, policy_metrics
-from .infer.importance import ImportanceResult, importance_sample
-from .infer.mcmc import KERNELS, run_mcmc, total_variation
-from .infer.svi import SVITrainer
-from .lm import AutoregressiveLM
-from .rl import PPOTrainer, ReinforceTrainer
+from .config import option
+from .exact import ExactPosterior, exact_posterior
+from .methods import METHODS, MethodResult, Row, RunContext, trained_methods
 from .storage import write_csv, write_json
 from .task import DEFAULT_MAX_ENUMERATION, Task
-from .training import FitResult, fit
 
-__all__ = ["METHODS", "CompareConfig", "Comparison", "run_compare", "format_table"]
+__all__ = ["CompareConfig", "Comparison", "run_compare", "save_comparison", "format_table", "prepare_output"]
 
-METHODS = ("exact", "svi", "rl", "ppo", "dpg", "is", "mcmc")
-TRAINED = ("svi", "rl", "ppo", "dpg")
-ROW_FIELDS = (
-    "method",
-    "elbo",
-    "log_z",
-    "kl_q_to_posterior",
-    "kl_posterior_to_q",
-    "tv_to_posterior",
-    "expected_reward",
-    "kl_to_prior",
-    "reward_evaluations",
-    "wall_seconds",
-)
 
-#: per-method diagnostics shown after the shared fields when some row has them
-DIAGNOSTIC_FIELDS = ("khat", "khat_label", "max_weight_ratio", "ess", "rhat", "ess_bulk")
+def _method_names() -> tuple[str, ...]:
+    return tuple(METHODS)
+
+
+def _mcmc_kernels() -> tuple[str, ...]:
+    from .infer.mcmc import KERNELS
+
+    return ("auto", *KERNELS)
+
+
+def _estimators() -> tuple[str, ...]:
+    from .infer.svi import ESTIMATORS
+
+    return tuple(ESTIMATORS)
+
+
+def _kl_estimators() -> tuple[str, ...]:
+    from .rl import KL_ESTIMATORS
+
+    return KL_ESTIMATORS
 
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """Settings of a comparison; the field comments are the CLI's help."""
+    """Settings of a comparison; each field's help is the ``compare`` command line's help."""
 
-    methods: tuple[str, ...] = ("exact", "svi", "rl")  # methods to run, in order
-    steps: int = 1500  # optimizer steps of each trained method
-    num_sequences: int = 1024  # sequences (and reward evaluations) per step, the same for every method
-    lr: float = 0.02  # Adam learning rate of every trained method
-    seed: int = 0  # seeds every method's run alike
-    policy: str = "auto"  # policy class: auto, tabular or copy
-    estimator: str = "loo"  # SVI gradient estimator: loo, trace or tracegraph
-    kl_estimator: str = "k1"  # PPO per-token KL estimator: k1 or k3
-    kl_target: float | None = None  # PPO adaptive-KL target (nats); None keeps beta fixed
-    log_every: int = 50  # steps between logged points of the learning curves
-    eval_samples: int = 1024  # Monte Carlo samples for the final figures when the task is not enumerable
-    max_enumeration: int = DEFAULT_MAX_ENUMERATION  # largest V^T enumerated exactly
-    checkpoint_every: int = 0  # steps between checkpoints (0: only at the end and on Ctrl-C)
-    resume: bool = False  # continue trained methods from their checkpoints in the output folder
-    mcmc_kernel: str = "auto"  # gibbs, imh or auto: gibbs for V <= 256 with the prior as proposal, else imh
-    mcmc_proposal: str = "prior"  # IMH proposal: the prior, or a trained method listed before mcmc (svi, rl, …)
-    chains: int = 8  # MCMC chains, run as one batch
-    draws: int = 1000  # MCMC draws kept per chain
-    warmup: int = 200  # MCMC warm-up steps per chain, discarded
+    methods: tuple[str, ...] = option(("exact", "svi", "rl"), "methods to run, in order", choices=_method_names)
+    steps: int = option(1500, "optimizer steps of each trained method")
+    num_sequences: int = option(1024, "sequences (and reward evaluations) per step, the same for every method")
+    lr: float = option(0.02, "Adam learning rate of every trained method")
+    seed: int = option(0, "seeds every method's run alike")
+    policy: str = option("auto", "policy class (auto: tabular when it fits, else a copy of the prior)",
+                         choices=("auto", "tabular", "copy"))  # fmt: skip
+    estimator: str = option("loo", "SVI gradient estimator", choices=_estimators)
+    kl_estimator: str = option("k1", "PPO per-token KL estimator", choices=_kl_estimators)
+    kl_target: float | None = option(None, "PPO adaptive-KL target in nats (none: beta stays fixed)")
+    log_every: int = option(50, "steps between logged points of the learning curves")
+    eval_samples: int = option(1024, "Monte Carlo samples scoring each policy (importance sampling, k-hat)")
+    max_enumeration: int = option(DEFAULT_MAX_ENUMERATION, "largest V^T enumerated exactly")
+    checkpoint_every: int = option(0, "steps between checkpoints (0: only at the end and on Ctrl-C)")
+    resume: bool = option(False, "continue trained methods from their checkpoints in the output folder")
+    mcmc_kernel: str = option("auto", "MCMC kernel (auto: Gibbs up to 256 tokens with the prior, else imh)",
+                              choices=_mcmc_kernels)  # fmt: skip
+    mcmc_proposal: str = option("prior", "independence-MH proposal: the prior or a policy trained earlier in the run",
+                                choices=lambda: ("prior", *trained_methods()))  # fmt: skip
+    chains: int = option(8, "MCMC chains, run as one batch")
+    draws: int = option(1000, "MCMC draws kept per chain")
+    warmup: int = option(200, "MCMC warm-up steps per chain, discarded")
 
     def __post_init__(self):
+        object.__setattr__(self, "methods", tuple(self.methods))
+        if not self.methods:
+            raise ValueError("no methods given")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-        if not self.methods:
-            raise ValueError("no methods given")
+        repeated = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if repeated:
+            raise ValueError(f"method(s) {', '.join(repeated)} given more than once in methods")
         if self.steps < 0 or self.num_sequences < 2 or self.eval_samples < 2:
             raise ValueError("steps must be >= 0, num_sequences and eval_samples >= 2")
-        if self.mcmc_kernel not in ("auto", *KERNELS):
-            raise ValueError(f"unknown MCMC kernel {self.mcmc_kernel!r}; choose auto, {', '.join(KERNELS)}")
-        if self.mcmc_proposal != "prior":
-            if self.mcmc_proposal not in TRAINED:
-                raise ValueError(
-                    f"unknown MCMC proposal {self.mcmc_proposal!r}; choose prior or a trained method "
-                    f"({', '.join(TRAINED)})"
-                )
-            if self.mcmc_kernel == "gibbs":
-                raise ValueError("the Gibbs kernel uses exact full conditionals; --mcmc-proposal needs imh")
-            order = list(self.methods)
-            if "mcmc" in order and (
-                self.mcmc_proposal not in order or order.index(self.mcmc_proposal) > order.index("mcmc")
-            ):
-                raise ValueError(
-                    f"--mcmc-proposal {self.mcmc_proposal} needs method {self.mcmc_proposal!r} before mcmc in --methods"
-                )
+        if isinstance(self.lr, bool) or not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if self.log_every < 1 or self.checkpoint_every < 0:
+            raise ValueError("log_every must be >= 1 and checkpoint_every >= 0")
+        if self.kl_target is not None and not (math.isfinite(self.kl_target) and self.kl_target > 0):
+            raise ValueError(f"kl_target must be a finite number > 0 (nats), got {self.kl_target}")
+        for name in ("policy", "estimator", "kl_estimator", "mcmc_kernel", "mcmc_proposal"):
+            allowed = _choices(name)
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
         if self.chains < 1 or self.draws < 4 or self.warmup < 0:
             raise ValueError("chains must be >= 1, draws >= 4 and warmup >= 0")
+        for method in self.methods:
+            METHODS[method].check(self)
+
+
+def _choices(name: str) -> tuple[str, ...]:
+    from .config import choices_of
+
+    (f,) = [f for f in CompareConfig.__dataclass_fields__.values() if f.name == name]
+    return choices_of(f)
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """The result of :func:`run_compare`: the JSON document, the trained policies and their histories."""
+    """The result of :func:`run_compare`, nothing written yet.
 
-    metrics: dict
-    fits: dict[str, FitResult] = field(default_factory=dict)
+    :ivar task: the task.
+    :ivar config: the settings.
+    :ivar results: one :class:`~bayes_klrl.methods.MethodResult` per method, in run order.
+    :ivar posterior: the exact posterior, or ``None`` when the task is too large to enumerate.
+    """
+
+    task: Task
+    config: CompareConfig
+    results: dict[str, MethodResult] = field(default_factory=dict)
     posterior: ExactPosterior | None = None
 
+    @property
+    def rows(self) -> list[Row]:
+        return [r.row for r in self.results.values()]
 
-def _importance_fields(task: Task, result: ImportanceResult, as_policy: bool) -> dict:
-    """Row fields from importance sampling; with ``as_policy``, the proposal's own Monte Carlo figures too."""
-    fields = {
-        "log_z": result.log_z,
-        "log_z_se": result.log_z_se,
-        "ess": result.ess,
-        "khat": result.khat,
-        "khat_label": result.khat_label,
-        "max_weight_ratio": result.max_weight_ratio,
-    }
-    if as_policy:  # E_q[log w] = ELBO(q); E_q[r]; KL(q‖π0) = E_q[r/β − log w]
-        finite = torch.isfinite(result.log_weights)
-        fields.update(
-            elbo=result.elbo,
-            expected_reward=float(result.rewards.mean()),
-            kl_to_prior=float((result.rewards[finite] / task.beta - result.log_weights[finite]).mean())
-            if bool(finite.all())
-            else None,
-        )
-    return fields
+    @property
+    def fits(self) -> dict:
+        """The training records of the trained methods (policy and learning curve)."""
+        return {name: r.fit for name, r in self.results.items() if r.fit is not None}
 
-
-def _policy_row(
-    task: Task, result: FitResult, posterior: ExactPosterior | None, config: CompareConfig, out: Path | None
-) -> dict:
-    row = dict.fromkeys(ROW_FIELDS)
-    row["method"] = result.method
-    imp = importance_sample(
-        task, result.policy, num_samples=config.eval_samples, chunk_size=config.num_sequences, seed=config.seed
-    )
-    if out is not None:
-        save_netcdf(importance_inference_data(task, imp, result.method), out / f"{result.method}.nc")
-    row.update(_importance_fields(task, imp, as_policy=posterior is None))
-    if posterior is not None:
-        m = policy_metrics(task, result.policy, posterior)
-        row.update(
-            elbo=m.elbo,
-            kl_q_to_posterior=m.kl_q_to_posterior,
-            kl_posterior_to_q=m.kl_posterior_to_q,
-            tv_to_posterior=m.tv_to_posterior,
-            expected_reward=m.expected_reward,
-            kl_to_prior=m.kl_to_prior,
-        )
-    row.update(reward_evaluations=result.reward_evaluations, wall_seconds=result.wall_seconds)
-    return row
+    @property
+    def metrics(self) -> dict:
+        """The ``metrics.json`` document."""
+        p, config = self.posterior, self.config
+        return {
+            "task": self.task.name,
+            "beta": self.task.beta,
+            "vocab_size": self.task.vocab_size,
+            "length": self.task.length,
+            "seed": config.seed,
+            "steps": config.steps,
+            "num_sequences": config.num_sequences,
+            "exact": (
+                {"log_z": p.log_z, "expected_reward": p.expected_reward, "entropy": p.entropy}
+                if p is not None
+                else None
+            ),
+            "methods": [row.to_dict() for row in self.rows],
+            "columns": Row.columns(),
+        }
 
 
-def _is_row(task: Task, config: CompareConfig, posterior: ExactPosterior | None, out: Path | None) -> dict:
-    """Importance sampling with the prior as proposal, on the reward budget of one trained method."""
-    num_samples = max(config.steps * config.num_sequences, config.eval_samples)
-    t0 = time.perf_counter()
-    imp = importance_sample(
-        task, None, num_samples=num_samples, chunk_size=max(config.num_sequences, 4096), seed=config.seed
-    )
-    row = dict.fromkeys(ROW_FIELDS)
-    row.update(method="is", proposal="prior", reward_evaluations=num_samples, wall_seconds=time.perf_counter() - t0)
-    row.update(_importance_fields(task, imp, as_policy=False))
-    row["expected_reward"] = imp.expected_reward
-    if posterior is not None:
-        row["tv_to_posterior"] = total_variation(imp.resampled, posterior.log_probs, task.vocab_size)
-    if out is not None:
-        save_netcdf(importance_inference_data(task, imp, "is"), out / "is.nc")
-    return row
+def prepare_output(out: str | Path) -> Path:
+    """Create the output folder and check it is writable, before any long work (a ValueError names the problem)."""
+    out = Path(out)
+    if str(out).strip() == "":
+        raise ValueError("--out is empty; give an output folder")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--out {out} cannot be written ({exc.strerror or exc})") from exc
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"--out {out} is not writable")
+    return out
 
 
-#: the largest vocabulary for which ``mcmc_kernel="auto"`` picks Gibbs (V reward evaluations per site)
-GIBBS_MAX_VOCAB = 256
-
-
-def _mcmc_row(
-    task: Task, config: CompareConfig, posterior: ExactPosterior | None, out: Path | None, fits: dict
-) -> dict:
-    """MCMC draws of π*: ``config.chains`` vectorized chains, R-hat and bulk ESS of the reward."""
-    kernel = config.mcmc_kernel
-    proposal = None if config.mcmc_proposal == "prior" else fits[config.mcmc_proposal].policy
-    if kernel == "auto":
-        kernel = "gibbs" if task.vocab_size <= GIBBS_MAX_VOCAB and proposal is None else "imh"
-    t0 = time.perf_counter()
-    result = run_mcmc(
-        task,
-        kernel,
-        num_chains=config.chains,
-        num_samples=config.draws,
-        warmup=config.warmup,
-        proposal=proposal,
-        init="uniform" if proposal is None else "prior",
-        seed=config.seed,
-    )
-    wall = time.perf_counter() - t0
-    idata = mcmc_inference_data(task, result)
-    diag = scalar_diagnostics(idata, "reward")
-    steps = config.chains * (config.draws + config.warmup)
-    evaluations = steps * task.length * task.vocab_size if kernel == "gibbs" else steps
-    row = dict.fromkeys(ROW_FIELDS)
-    row.update(
-        method="mcmc",
-        kernel=kernel,
-        proposal=config.mcmc_proposal if kernel == "imh" else None,
-        expected_reward=result.expected_reward,
-        rhat=diag["rhat"],
-        ess_bulk=diag["ess_bulk"],
-        acceptance_rate=float(result.acceptance_rate.mean()),
-        reward_evaluations=evaluations,
-        wall_seconds=wall,
-    )
-    if posterior is not None:
-        row["tv_to_posterior"] = total_variation(result.draws, posterior.log_probs, task.vocab_size)
-    if out is not None:
-        save_netcdf(idata, out / "mcmc.nc")
-    return row
-
-
-def _trainer(method: str, task: Task, config: CompareConfig):
-    policy = task.make_policy(config.policy)
-    if method == "svi":
-        return SVITrainer(task, policy, config.num_sequences, lr=config.lr, estimator=config.estimator)
-    if method == "rl":
-        return ReinforceTrainer(task, policy, config.num_sequences, lr=config.lr)
-    if method == "dpg":  # forward KL(π*‖q) with importance weights: the mass-covering counterpart
-        return DPGTrainer(task, policy, config.num_sequences, lr=config.lr)
-    if method == "ppo":
-        return PPOTrainer(
-            task,
-            policy,
-            config.num_sequences,
-            lr=config.lr,
-            kl_estimator=config.kl_estimator,
-            kl_target=config.kl_target,
-        )
-    raise ValueError(f"method {method!r} is not a trained method")
-
-
-def run_compare(
-    task: Task, config: CompareConfig, out: str | Path | None = None, *, progress: bool = False
-) -> Comparison:
-    """Run ``config.methods`` on ``task``; with ``out``, write ``metrics.json``, ``metrics.csv``,
-    ``history_<method>.csv``, per-method checkpoints and ``<method>.nc`` (ArviZ) into that folder.
+def run_compare(task: Task, config: CompareConfig, *, checkpoint_dir: str | Path | None = None, progress: bool = False) -> Comparison:
+    """Run ``config.methods`` on ``task`` in order; trained methods checkpoint into ``checkpoint_dir/<method>``.
 
     Example::
 
         >>> comparison = run_compare(load_task("markov"), CompareConfig(methods=("exact", "svi"), steps=200))
-        >>> [row["method"] for row in comparison.metrics["methods"]]
+        >>> [row.method for row in comparison.rows]
         ['exact', 'svi']
     """
-    out = Path(out) if out is not None else None
     enumerable = task.is_enumerable(config.max_enumeration)
     if "exact" in config.methods and not enumerable:
         raise ValueError(
@@ -278,87 +199,44 @@ def run_compare(
         t0 = time.perf_counter()
         posterior = exact_posterior(task, max_sequences=config.max_enumeration)
         exact_seconds = time.perf_counter() - t0
-
-    def evaluate(policy: AutoregressiveLM) -> dict:  # exact learning curves; sampled tasks log batch estimates
-        m = policy_metrics(task, policy, posterior)
-        return {"exact_elbo": m.elbo, "kl_q_to_posterior": m.kl_q_to_posterior, "expected_reward": m.expected_reward}
-
-    rows, fits = [], {}
-    for method in config.methods:
-        if method == "exact":
-            row = dict.fromkeys(ROW_FIELDS)
-            row.update(
-                method="exact",
-                elbo=posterior.log_z,
-                log_z=posterior.log_z,
-                kl_q_to_posterior=0.0,
-                kl_posterior_to_q=0.0,
-                tv_to_posterior=0.0,
-                expected_reward=posterior.expected_reward,
-                kl_to_prior=posterior.kl_to_prior,
-                reward_evaluations=task.num_sequences,
-                wall_seconds=exact_seconds,
-            )
-            rows.append(row)
-            continue
-        if method == "is":
-            rows.append(_is_row(task, config, posterior, out))
-            continue
-        if method == "mcmc":
-            rows.append(_mcmc_row(task, config, posterior, out, fits))
-            continue
-        trainer = _trainer(method, task, config)
-        result = fit(
-            trainer,
-            steps=config.steps,
-            seed=config.seed,
-            log_every=config.log_every,
-            evaluate=evaluate if posterior is not None else None,
+    results: dict[str, MethodResult] = {}
+    for name in config.methods:
+        context = RunContext(
+            task=task,
+            config=config,
+            posterior=posterior,
+            exact_seconds=exact_seconds,
+            fits={n: r.fit for n, r in results.items() if r.fit is not None},
+            checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
             progress=progress,
-            checkpoint_dir=out / method if out is not None else None,
-            checkpoint_every=config.checkpoint_every,
-            resume=config.resume and out is not None and (out / method / "checkpoint.pt").exists(),
-            settings={
-                "task": task.name,
-                "beta": task.beta,
-                "num_sequences": config.num_sequences,
-                "lr": config.lr,
-                "seed": config.seed,
-                "policy": config.policy,
-                **({"estimator": config.estimator} if method == "svi" else {}),
-                **({"kl_estimator": config.kl_estimator, "kl_target": config.kl_target} if method == "ppo" else {}),
-            },
         )
-        fits[method] = result
-        rows.append(_policy_row(task, result, posterior, config, out))
-        if out is not None:
-            write_csv(out / f"history_{method}.csv", result.history)
-    metrics = {
-        "task": task.name,
-        "beta": task.beta,
-        "vocab_size": task.vocab_size,
-        "length": task.length,
-        "seed": config.seed,
-        "steps": config.steps,
-        "num_sequences": config.num_sequences,
-        "exact": (
-            {"log_z": posterior.log_z, "expected_reward": posterior.expected_reward, "entropy": posterior.entropy}
-            if posterior is not None
-            else None
-        ),
-        "methods": rows,
-    }
-    if out is not None:
-        write_json(out / "metrics.json", metrics)
-        write_csv(out / "metrics.csv", rows)
-    return Comparison(metrics=metrics, fits=fits, posterior=posterior)
+        results[name] = METHODS[name].run(context)
+    return Comparison(task=task, config=config, results=results, posterior=posterior)
 
 
-def format_table(metrics: dict, columns: Sequence[str] | None = None) -> str:
-    """The method rows as a fixed-width text table: the shared fields, then the diagnostics any row has."""
-    rows = metrics["methods"]
+def save_comparison(comparison: Comparison, out: str | Path) -> Path:
+    """Write ``metrics.json``, ``metrics.csv``, ``history_<method>.csv`` and ``<method>.nc`` into ``out``
+    (each atomically); files of methods not in this comparison are left as they are. Returns ``out``."""
+    from .diagnostics import save_netcdf
+
+    out = prepare_output(out)
+    for name, result in comparison.results.items():
+        if result.fit is not None:
+            write_csv(out / f"history_{name}.csv", result.fit.history)
+        if result.inference_data is not None:
+            save_netcdf(result.inference_data, out / f"{name}.nc")
+    write_json(out / "metrics.json", comparison.metrics)
+    write_csv(out / "metrics.csv", [row.to_dict() for row in comparison.rows])
+    return out
+
+
+def format_table(rows: Sequence[Row | dict], columns: Sequence[str] | None = None) -> str:
+    """The rows as a fixed-width text table: the shared columns, then the diagnostics any row has."""
+    rows = [r.to_dict() if isinstance(r, Row) else r for r in rows]
     if columns is None:
-        columns = list(ROW_FIELDS) + [c for c in DIAGNOSTIC_FIELDS if any(row.get(c) is not None for row in rows)]
+        diagnostics = ("khat", "khat_label", "max_weight_ratio", "ess", "rhat", "ess_bulk")
+        shared = [c for c in Row.SHARED if c != "scored"]
+        columns = shared + [c for c in diagnostics if any(row.get(c) is not None for row in rows)]
 
     def cell(value) -> str:
         if value is None:

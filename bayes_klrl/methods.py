@@ -1,13 +1,18 @@
-r"""The method registry: every inference method the package can run, one entry each.
+r"""The method registry: every inference method ``compare`` can run, one entry each, and the row it produces.
 
-A method is one of
+A method turns a task into a :class:`MethodResult` (a typed :class:`Row`, its draws as ArviZ InferenceData,
+the training record) and writes nothing; :func:`bayes_klrl.compare.save_comparison` writes every file.
+Methods come in three kinds:
 
-- :class:`TrainedMethod`: a :class:`~bayes_klrl.training.Trainer` factory (SVI, the RL trainers and their
-  recipes, DPG); the policy it trains is scored against the posterior;
-- a sampler or the exact posterior (``exact``, ``is``, ``mcmc``), registered by :mod:`bayes_klrl.compare`.
+- ``exact``: the posterior by enumeration (the reference row);
+- ``trained``: a :class:`~bayes_klrl.training.Trainer` factory (SVI, the RL trainers and recipes, DPG); the
+  policy it trains is scored against the posterior by :func:`score_policy`;
+- ``sampler``: importance sampling and MCMC, drawing (weighted or correlated) samples of :math:`\pi^*`.
 
-Adding a trainer is one :func:`register` call here (and the trainer's own file); every command line choice,
-figure label and checkpoint setting comes from this table.
+Adding a trainer: write it (e.g. ``bayes_klrl/rl/mine.py``) and :func:`register` a :class:`TrainedMethod` at
+the end of this file; its name becomes a ``compare --methods`` choice and a figure label. Adding a sampler:
+write it under ``bayes_klrl/infer/``, a :class:`Method` subclass here with a ``run``, and (if it draws) its
+InferenceData builder in :mod:`bayes_klrl.diagnostics`.
 
 Example::
 
@@ -18,49 +23,159 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import torch
+
+from .exact import ExactPosterior, policy_metrics
 from .lm import AutoregressiveLM
 from .task import Task
+from .training import FitResult, fit
 
-__all__ = ["METHODS", "TrainedMethod", "register", "make_trainer", "trained_methods"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "MethodResult",
+    "RunContext",
+    "Row",
+    "TrainedMethod",
+    "make_trainer",
+    "register",
+    "score_policy",
+    "trained_methods",
+]
+
+EXACT, MONTE_CARLO = "exact", "monte carlo"
+
+
+def _column(help: str):
+    return field(default=None, metadata={"help": help})
 
 
 @dataclass(frozen=True)
-class TrainedMethod:
-    """A method that trains a policy.
+class Row:
+    """One method's line of ``metrics.json`` / ``metrics.csv``. ``None`` means "not applicable or not computed";
+    a divergence that is infinite (a policy with mass outside a hard constraint's support) is ``inf``.
 
-    :ivar name: the name used on the command line and in metrics.json.
-    :ivar label: a short human name for tables and figure legends.
-    :ivar description: one line for ``--help``.
-    :ivar factory: ``factory(task, policy, num_sequences, *, lr, **options) -> Trainer``.
-    :ivar options: names of the ``compare`` settings passed to ``factory`` as keywords (and recorded in the
-        method's row and checkpoint).
-    :ivar fixed: keyword arguments always passed (what makes a preset, e.g. ``kl_penalty=False``).
+    The shared figures (``elbo`` … ``kl_to_prior``) are exact sums over all sequences when ``scored`` is
+    ``"exact"`` and Monte Carlo estimates when it is ``"monte carlo"``; the importance-sampling and MCMC
+    diagnostics are always Monte Carlo.
     """
+
+    method: str = field(metadata={"help": "the method's registered name"})
+    elbo: float | None = _column("E_q[log pi0 + r/beta - log q] = J(q)/beta (the exact row: log Z)")
+    log_z: float | None = _column("log Z: exact, or the importance-sampling estimate log Z-hat")
+    kl_q_to_posterior: float | None = _column("KL(q || pi*) = log Z - ELBO, the divergence SVI and RL minimize")
+    kl_posterior_to_q: float | None = _column("KL(pi* || q), the mass-covering divergence DPG minimizes")
+    tv_to_posterior: float | None = _column("total variation to pi* (samplers: of their draws' histogram)")
+    expected_reward: float | None = _column("E_q[r] (samplers: the posterior mean reward they estimate)")
+    kl_to_prior: float | None = _column("KL(q || pi0), the cost in the RL objective J = E[r] - beta KL")
+    reward_evaluations: int | None = _column("rewards of single sequences the method evaluated")
+    wall_seconds: float | None = _column("wall time of the method's work (training, or sampling)")
+    scored: str | None = _column("'exact' (enumeration) or 'monte carlo': how elbo .. kl_to_prior were obtained")
+    log_z_se: float | None = _column("standard error of log Z-hat (delta method)")
+    ess: float | None = _column("normalized importance ESS (sum w)^2 / (N sum w^2), in (0, 1]")
+    khat: float | None = _column("PSIS Pareto k-hat of the importance weights (< 0.5 good, > 0.7 unreliable)")
+    khat_label: str | None = _column("k-hat's reading: good, usable, unreliable (good also if max_weight_ratio <= 3)")
+    max_weight_ratio: float | None = _column("largest importance weight over the mean weight")
+    rhat: float | None = _column("MCMC R-hat of the reward across chains (> 1.01: not mixed)")
+    ess_bulk: float | None = _column("MCMC bulk effective sample size of the reward")
+    acceptance_rate: float | None = _column("MCMC mean acceptance (Gibbs: the rate at which a site changes)")
+    settings: Mapping[str, Any] = field(
+        default_factory=dict, metadata={"help": "the method's own options (kernel, proposal, estimator, recipe)"}
+    )
+
+    #: columns every row shows, in order; the others appear when some row has them
+    SHARED = (
+        "method",
+        "elbo",
+        "log_z",
+        "kl_q_to_posterior",
+        "kl_posterior_to_q",
+        "tv_to_posterior",
+        "expected_reward",
+        "kl_to_prior",
+        "reward_evaluations",
+        "wall_seconds",
+        "scored",
+    )
+
+    def to_dict(self) -> dict:
+        """The flat record written to metrics.json: the shared columns, the diagnostics that are set, then the
+        method's settings."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "settings":
+                continue
+            if f.name in self.SHARED or value is not None:
+                out[f.name] = value
+        out.update(self.settings)
+        return out
+
+    @classmethod
+    def columns(cls) -> dict[str, str]:
+        """Every column's meaning, for the metrics.json header and the docs."""
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name != "settings"}
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """What one method produced; nothing is written to disk.
+
+    :ivar row: its line of the comparison.
+    :ivar inference_data: its draws as :class:`arviz.InferenceData` (saved as ``<method>.nc``), or ``None``.
+    :ivar fit: the training record of a trained method (policy, learning curve), or ``None``.
+    """
+
+    row: Row
+    inference_data: Any = None
+    fit: FitResult | None = None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a method may read: the task, the comparison's settings, the exact posterior (``None`` when the task
+    is too large to enumerate), the policies trained earlier in the run, and where checkpoints go."""
+
+    task: Task
+    config: Any
+    posterior: ExactPosterior | None = None
+    exact_seconds: float | None = None
+    fits: Mapping[str, FitResult] = field(default_factory=dict)
+    checkpoint_dir: Path | None = None
+    progress: bool = False
+
+
+class Method(ABC):
+    """A registered method: a name, a label for tables and legends, one line of help, and :meth:`run`."""
 
     name: str
     label: str
     description: str
-    factory: Callable[..., Any]
+    kind: str = "sampler"
+    #: the ``compare`` settings this method reads (recorded in its row; a trained method's checkpoint refuses others)
     options: tuple[str, ...] = ()
-    fixed: dict = field(default_factory=dict)
-    kind: str = "trained"
 
-    def make_trainer(self, task: Task, policy: AutoregressiveLM, num_sequences: int, *, lr: float, **options):
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
-            raise ValueError(f"method {self.name!r} takes no option(s) {', '.join(unknown)}")
-        return self.factory(task, policy, num_sequences, lr=lr, **self.fixed, **options)
+    @abstractmethod
+    def run(self, context: RunContext) -> MethodResult:
+        """Run on ``context.task``; return the row and draws, write nothing (checkpoints aside)."""
+
+    def check(self, config: Any) -> None:
+        """Refuse settings this method cannot run with (hook; called for every method before any runs)."""
 
 
 #: every registered method, in registration order (the order of the command line's choices)
-METHODS: dict[str, Any] = {}
+METHODS: dict[str, Method] = {}
 
 
-def register(method):
+def register(method: Method) -> Method:
     """Add ``method`` to :data:`METHODS` (names are unique) and return it."""
     if method.name in METHODS:
         raise ValueError(f"method {method.name!r} is already registered")
@@ -86,7 +201,274 @@ def make_trainer(method: str, task: Task, policy: AutoregressiveLM, num_sequence
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the trainers
+# scoring a policy
+
+
+def _importance_columns(result) -> dict:
+    return {
+        "log_z": result.log_z,
+        "log_z_se": result.log_z_se,
+        "ess": result.ess,
+        "khat": result.khat,
+        "khat_label": result.khat_label,
+        "max_weight_ratio": result.max_weight_ratio,
+    }
+
+
+def score_policy(
+    task: Task,
+    policy: AutoregressiveLM,
+    posterior: ExactPosterior | None,
+    *,
+    num_samples: int,
+    chunk_size: int,
+    seed: int,
+) -> tuple[dict, Any]:
+    r"""A policy's row columns and its draws: exact divergences when ``posterior`` is given, and always
+    importance sampling with the policy as the proposal for :math:`\pi^*` (:math:`\hat Z`, ESS, :math:`\hat k`).
+    Without a posterior, ELBO, :math:`\mathbb{E}_q[r]` and :math:`\mathrm{KL}(q\|\pi_0) = \mathbb{E}_q[r/\beta - \log w]`
+    are Monte Carlo averages over the same draws.
+
+    :returns: ``(columns, importance_result)``.
+    """
+    from .infer.importance import importance_sample
+
+    imp = importance_sample(task, policy, num_samples=num_samples, chunk_size=chunk_size, seed=seed)
+    columns = _importance_columns(imp)
+    if posterior is not None:
+        m = policy_metrics(task, policy, posterior)
+        columns.update(
+            scored=EXACT,
+            elbo=m.elbo,
+            kl_q_to_posterior=m.kl_q_to_posterior,
+            kl_posterior_to_q=m.kl_posterior_to_q,
+            tv_to_posterior=m.tv_to_posterior,
+            expected_reward=m.expected_reward,
+            kl_to_prior=m.kl_to_prior,
+        )
+    else:  # E_q[log w] = ELBO(q); E_q[r]; KL(q‖π0) = E_q[r/β − log w]
+        finite = torch.isfinite(imp.log_weights)
+        columns.update(
+            scored=MONTE_CARLO,
+            elbo=imp.elbo,
+            expected_reward=float(imp.rewards.mean()),
+            kl_to_prior=float((imp.rewards[finite] / task.beta - imp.log_weights[finite]).mean())
+            if bool(finite.all())
+            else None,
+        )
+    return columns, imp
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# trained methods
+
+
+@dataclass(frozen=True)
+class TrainedMethod(Method):
+    """A method that trains a policy with a :class:`~bayes_klrl.training.Trainer`.
+
+    :ivar name: the name used on the command line and in metrics.json.
+    :ivar label: a short human name for tables and figure legends.
+    :ivar description: one line for ``--help``.
+    :ivar factory: ``factory(task, policy, num_sequences, *, lr, **options) -> Trainer``.
+    :ivar options: names of the ``compare`` settings passed to ``factory`` as keywords (recorded in the
+        method's row and checkpoint).
+    :ivar fixed: keyword arguments always passed (what makes a preset, e.g. ``kl_penalty=False``), recorded too.
+    """
+
+    name: str
+    label: str
+    description: str
+    factory: Callable[..., Any]
+    options: tuple[str, ...] = ()
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    kind: str = "trained"
+
+    def make_trainer(self, task: Task, policy: AutoregressiveLM, num_sequences: int, *, lr: float, **options):
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(f"method {self.name!r} takes no option(s) {', '.join(unknown)}")
+        return self.factory(task, policy, num_sequences, lr=lr, **self.fixed, **options)
+
+    def settings(self, config) -> dict:
+        """The method's own options as set in ``config``, then its fixed ones."""
+        return {**{k: getattr(config, k) for k in self.options}, **self.fixed}
+
+    def run(self, context: RunContext) -> MethodResult:
+        task, config = context.task, context.config
+        own = {k: getattr(config, k) for k in self.options}
+        trainer = self.make_trainer(task, task.make_policy(config.policy), config.num_sequences, lr=config.lr, **own)
+        posterior = context.posterior
+
+        def evaluate(policy: AutoregressiveLM) -> dict:  # exact learning curves
+            m = policy_metrics(task, policy, posterior)
+            return {"exact_elbo": m.elbo, "kl_q_to_posterior": m.kl_q_to_posterior, "expected_reward": m.expected_reward}
+
+        checkpoint_dir = context.checkpoint_dir / self.name if context.checkpoint_dir is not None else None
+        result = fit(
+            trainer,
+            steps=config.steps,
+            seed=config.seed,
+            log_every=config.log_every,
+            evaluate=evaluate if posterior is not None else None,
+            progress=context.progress,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=config.checkpoint_every,
+            resume=config.resume and checkpoint_dir is not None and (checkpoint_dir / "checkpoint.pt").exists(),
+            settings={
+                "task": task.name,
+                "beta": task.beta,
+                "length": task.length,
+                "vocab_size": task.vocab_size,
+                "task_fingerprint": task.fingerprint(),
+                "num_sequences": config.num_sequences,
+                "lr": config.lr,
+                "seed": config.seed,
+                "policy": config.policy,
+                **self.settings(config),
+            },
+        )
+        columns, imp = score_policy(
+            task,
+            result.policy,
+            posterior,
+            num_samples=config.eval_samples,
+            chunk_size=config.num_sequences,
+            seed=config.seed,
+        )
+        from .diagnostics import importance_inference_data
+
+        row = Row(
+            method=self.name,
+            reward_evaluations=result.reward_evaluations,
+            wall_seconds=result.wall_seconds,
+            settings=self.settings(config),
+            **columns,
+        )
+        return MethodResult(row=row, inference_data=importance_inference_data(task, imp, self.name), fit=result)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the exact posterior and the samplers
+
+
+class ExactMethod(Method):
+    name, label, kind = "exact", "exact posterior", "exact"
+    description = "the posterior by enumerating all V^T sequences (the reference row)"
+
+    def run(self, context: RunContext) -> MethodResult:
+        posterior, task = context.posterior, context.task
+        if posterior is None:
+            raise ValueError(f"method 'exact' needs an enumerable task; '{task.name}' has {task.num_sequences:,} sequences")
+        row = Row(
+            method=self.name,
+            scored=EXACT,
+            elbo=posterior.log_z,
+            log_z=posterior.log_z,
+            kl_q_to_posterior=0.0,
+            kl_posterior_to_q=0.0,
+            tv_to_posterior=0.0,
+            expected_reward=posterior.expected_reward,
+            kl_to_prior=posterior.kl_to_prior,
+            reward_evaluations=task.num_sequences,
+            wall_seconds=context.exact_seconds,
+        )
+        return MethodResult(row=row)
+
+
+class ImportanceMethod(Method):
+    name, label = "is", "importance sampling (prior)"
+    description = "self-normalized importance sampling, the prior as proposal, on a trained method's reward budget"
+
+    def run(self, context: RunContext) -> MethodResult:
+        from .diagnostics import importance_inference_data
+        from .infer.importance import importance_sample
+        from .infer.mcmc import total_variation
+
+        task, config, posterior = context.task, context.config, context.posterior
+        num_samples = max(config.steps * config.num_sequences, config.eval_samples)
+        t0 = time.perf_counter()
+        imp = importance_sample(
+            task, None, num_samples=num_samples, chunk_size=max(config.num_sequences, 4096), seed=config.seed
+        )
+        wall = time.perf_counter() - t0
+        row = Row(
+            method=self.name,
+            scored=MONTE_CARLO,
+            expected_reward=imp.expected_reward,
+            tv_to_posterior=(
+                total_variation(imp.resampled, posterior.log_probs, task.vocab_size) if posterior is not None else None
+            ),
+            reward_evaluations=num_samples,
+            wall_seconds=wall,
+            settings={"proposal": "prior"},
+            **_importance_columns(imp),
+        )
+        return MethodResult(row=row, inference_data=importance_inference_data(task, imp, self.name))
+
+
+#: the largest vocabulary for which ``mcmc_kernel="auto"`` picks Gibbs (V reward evaluations per site)
+GIBBS_MAX_VOCAB = 256
+
+
+class MCMCMethod(Method):
+    name, label = "mcmc", "MCMC"
+    description = "vectorized MCMC chains (single-site Gibbs or independence MH) run by pyro.infer.MCMC"
+    options = ("mcmc_kernel", "mcmc_proposal", "chains", "draws", "warmup")
+
+    def check(self, config) -> None:
+        proposal = config.mcmc_proposal
+        if proposal == "prior":
+            return
+        if config.mcmc_kernel == "gibbs":
+            raise ValueError("the Gibbs kernel uses exact full conditionals; --mcmc-proposal needs imh")
+        order = list(config.methods)
+        if proposal not in order or order.index(proposal) > order.index(self.name):
+            raise ValueError(f"--mcmc-proposal {proposal} needs method {proposal!r} before mcmc in --methods")
+
+    def run(self, context: RunContext) -> MethodResult:
+        from .diagnostics import mcmc_inference_data, scalar_diagnostics
+        from .infer.mcmc import run_mcmc, total_variation
+
+        task, config, posterior = context.task, context.config, context.posterior
+        kernel = config.mcmc_kernel
+        proposal = None if config.mcmc_proposal == "prior" else context.fits[config.mcmc_proposal].policy
+        if kernel == "auto":
+            kernel = "gibbs" if task.vocab_size <= GIBBS_MAX_VOCAB and proposal is None else "imh"
+        t0 = time.perf_counter()
+        result = run_mcmc(
+            task,
+            kernel,
+            num_chains=config.chains,
+            num_samples=config.draws,
+            warmup=config.warmup,
+            proposal=proposal,
+            init="uniform" if proposal is None else "prior",
+            seed=config.seed,
+        )
+        wall = time.perf_counter() - t0
+        idata = mcmc_inference_data(task, result)
+        diag = scalar_diagnostics(idata, "reward")
+        steps = config.chains * (config.draws + config.warmup)
+        row = Row(
+            method=self.name,
+            scored=MONTE_CARLO,
+            expected_reward=result.expected_reward,
+            tv_to_posterior=(
+                total_variation(result.draws, posterior.log_probs, task.vocab_size) if posterior is not None else None
+            ),
+            rhat=diag["rhat"],
+            ess_bulk=diag["ess_bulk"],
+            acceptance_rate=float(result.acceptance_rate.mean()),
+            reward_evaluations=steps * task.length * task.vocab_size if kernel == "gibbs" else steps,
+            wall_seconds=wall,
+            settings={"kernel": kernel, "proposal": config.mcmc_proposal if kernel == "imh" else None},
+        )
+        return MethodResult(row=row, inference_data=idata)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the registry
 
 
 def _svi(task, policy, num_sequences, **kwargs):
@@ -113,9 +495,8 @@ def _dpg(task, policy, num_sequences, **kwargs):
     return DPGTrainer(task, policy, num_sequences, **kwargs)
 
 
-register(
-    TrainedMethod("svi", "SVI (Pyro)", "stochastic variational inference, the policy as guide", _svi, ("estimator",))
-)
+register(ExactMethod())
+register(TrainedMethod("svi", "SVI (Pyro)", "stochastic variational inference, the policy as guide", _svi, ("estimator",)))
 register(TrainedMethod("rl", "REINFORCE (RLOO)", "REINFORCE, k1 KL in the reward, leave-one-out baseline", _reinforce))
 register(
     TrainedMethod(
@@ -145,3 +526,5 @@ register(
         fixed={"normalize": "batch"},
     )
 )
+register(ImportanceMethod())
+register(MCMCMethod())

@@ -11,6 +11,7 @@ naming the problem, before any training starts.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,6 +126,26 @@ class Task:
     def log_likelihood(self, sequences: torch.Tensor) -> torch.Tensor:
         r""":math:`r(x)/\beta`, shape ``(N,)``."""
         return self.rewards(sequences) / self.beta
+
+    def fingerprint(self, num_probes: int = 64) -> str:
+        r"""A short hash of :math:`\log\pi_0` and :math:`r` on ``num_probes`` fixed sequences (uniform draws with
+        seed 0), rounded to 6 significant digits: a checkpoint records it, so a resume after the prior or the
+        reward changed is refused.
+
+        Example::
+
+            >>> task.fingerprint() == task.replace(beta=task.beta).fingerprint()
+            True
+        """
+        generator = torch.Generator().manual_seed(0)
+        probes = torch.randint(self.vocab_size, (num_probes, self.length), generator=generator)
+        probes = probes.to(self.prior.device)
+        with torch.no_grad():
+            values = torch.stack([self.prior.log_prob(probes).double().cpu(), self.rewards(probes).double().cpu()])
+        digest = hashlib.sha256()
+        digest.update(f"{self.vocab_size},{self.length},{self.beta!r}".encode())
+        digest.update(" ".join(f"{v:.6g}" for v in values.reshape(-1).tolist()).encode())
+        return digest.hexdigest()[:16]
 
     def replace(self, **changes) -> Task:
         """A copy with some fields changed (validated again), e.g. ``task.replace(beta=0.1)``."""
