@@ -7,7 +7,10 @@ r"""Exact inference by enumerating all :math:`V^T` sequences in vectorized batch
 and for any policy :math:`q`:
 :math:`\mathrm{ELBO}(q) = \sum_x q(x)[\log\pi_0(x) + r(x)/\beta - \log q(x)]`,
 :math:`J(q) = \sum_x q(x) r(x) - \beta\,\mathrm{KL}(q\|\pi_0)`,
-:math:`\mathrm{KL}(q\|\pi^*) = \log Z - \mathrm{ELBO}(q)`, :math:`\mathrm{KL}(\pi^*\|q)` and total variation.
+:math:`\mathrm{KL}(q\|\pi^*) = \log Z - \mathrm{ELBO}(q)`, :math:`\mathrm{KL}(\pi^*\|q)` (differentiable:
+:func:`exact_forward_kl`) and total variation.
+Each batch of sequences is scored once into a :class:`~bayes_klrl.samples.ScoredSamples` (sequence number
+:math:`c` is :func:`~bayes_klrl.samples.sequences_from_codes` of :math:`c`, lexicographic order).
 Sums are taken in float64. Tasks larger than ``max_sequences`` are refused with a :class:`ValueError`.
 """
 
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .lm import AutoregressiveLM, TabularPolicy
+from .samples import score, sequences_from_codes
 from .task import DEFAULT_MAX_ENUMERATION, Task
 
 __all__ = [
@@ -26,6 +30,7 @@ __all__ = [
     "enumerate_sequences",
     "exact_posterior",
     "exact_elbo",
+    "exact_forward_kl",
     "exact_objective",
     "policy_metrics",
     "posterior_policy",
@@ -35,7 +40,12 @@ DEFAULT_BATCH_SIZE = 65_536
 
 
 def enumerate_sequences(vocab_size: int, length: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
-    """Sequences number ``start .. stop-1`` of all ``V^T`` in lexicographic order: LongTensor ``(stop-start, T)``.
+    r"""Sequences number ``start .. stop-1`` of all ``V^T`` in lexicographic order: LongTensor ``(stop-start, T)``.
+
+    Sequence number :math:`c` has tokens :math:`x_t = \lfloor c / V^{T-t} \rfloor \bmod V`
+    (:func:`~bayes_klrl.samples.sequences_from_codes`; :func:`~bayes_klrl.samples.sequence_codes` inverts it).
+
+    :raises ValueError: if :math:`V^T` does not fit in int64.
 
     Example::
 
@@ -46,9 +56,7 @@ def enumerate_sequences(vocab_size: int, length: int, start: int = 0, stop: int 
                 [1, 1]])
     """
     stop = vocab_size**length if stop is None else stop
-    codes = torch.arange(start, stop, dtype=torch.long)
-    powers = torch.tensor([vocab_size ** (length - 1 - t) for t in range(length)], dtype=torch.long)
-    return (codes[:, None] // powers) % vocab_size
+    return sequences_from_codes(torch.arange(start, stop, dtype=torch.long), vocab_size, length)  # (stop-start, T)
 
 
 def _check_size(task: Task, max_sequences: int) -> None:
@@ -62,7 +70,14 @@ def _check_size(task: Task, max_sequences: int) -> None:
 def _batches(task: Task, batch_size: int):
     for start in range(0, task.num_sequences, batch_size):
         stop = min(start + batch_size, task.num_sequences)
-        yield enumerate_sequences(task.vocab_size, task.length, start, stop).to(task.prior.device)
+        yield enumerate_sequences(task.vocab_size, task.length, start, stop).to(task.prior.device)  # (B, T)
+
+
+def _scored_batches(task: Task, batch_size: int, policy: AutoregressiveLM | None = None):
+    """Every sequence in lexicographic batches, each a :class:`ScoredSamples` on the CPU; with ``policy``,
+    ``log_q`` is its log-probability, computed with gradients."""
+    for x in _batches(task, batch_size):
+        yield score(task, x, log_q=None if policy is None else policy.log_prob(x)).cpu()  # log q: (B,) differentiable
 
 
 @dataclass(frozen=True)
@@ -144,12 +159,12 @@ def exact_posterior(
         1.0
     """
     _check_size(task, max_sequences)
-    log_prior, rewards = [], []
-    for x in _batches(task, batch_size):
-        log_prior.append(task.prior.log_prob(x).double())
-        rewards.append(task.rewards(x).double())
-    log_prior, rewards = torch.cat(log_prior).cpu(), torch.cat(rewards).cpu()
-    log_joint = log_prior + rewards / task.beta
+    log_prior, rewards, log_joint = [], [], []
+    for batch in _scored_batches(task, batch_size):  # the tokens of each batch are dropped, their scores kept
+        log_prior.append(batch.log_prior)
+        rewards.append(batch.reward)
+        log_joint.append(batch.log_target)  # log π0 + r/β, (B,)
+    log_prior, rewards, log_joint = torch.cat(log_prior), torch.cat(rewards), torch.cat(log_joint)  # (V^T,)
     log_z = torch.logsumexp(log_joint, 0)
     if not torch.isfinite(log_z):
         raise ValueError(f"task '{task.name}': no sequence has a finite reward, the posterior is empty (log Z = -inf)")
@@ -187,11 +202,8 @@ def exact_elbo(
     """
     _check_size(task, max_sequences)
     total = torch.zeros((), dtype=torch.float64)
-    for x in _batches(task, batch_size):
-        log_q = policy.log_prob(x).double().cpu()
-        with torch.no_grad():
-            log_joint = task.prior.log_prob(x).double().cpu() + task.rewards(x).double().cpu() / task.beta
-        total = total + _expectation(log_q, log_joint - log_q)
+    for batch in _scored_batches(task, batch_size, policy):
+        total = total + _expectation(batch.log_q, batch.log_weight)  # Σ q (log π0 + r/β − log q)
     return total
 
 
@@ -210,14 +222,40 @@ def exact_objective(
     _check_size(task, max_sequences)
     expected_reward = torch.zeros((), dtype=torch.float64)
     kl = torch.zeros((), dtype=torch.float64)
-    for x in _batches(task, batch_size):
-        log_q = policy.log_prob(x).double().cpu()
-        with torch.no_grad():
-            log_prior = task.prior.log_prob(x).double().cpu()
-            r = task.rewards(x).double().cpu()
-        expected_reward = expected_reward + _expectation(log_q, r)
-        kl = kl + _expectation(log_q, log_q - log_prior)
+    for batch in _scored_batches(task, batch_size, policy):
+        expected_reward = expected_reward + _expectation(batch.log_q, batch.reward)
+        kl = kl + _expectation(batch.log_q, batch.log_q - batch.log_prior)
     return expected_reward - task.beta * kl
+
+
+def exact_forward_kl(
+    task: Task,
+    policy: AutoregressiveLM,
+    posterior: ExactPosterior | None = None,
+    *,
+    max_sequences: int = DEFAULT_MAX_ENUMERATION,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> torch.Tensor:
+    r"""Exact, differentiable :math:`\mathrm{KL}(\pi^*\|q) = \sum_x \pi^*(x)[\log\pi^*(x) - \log q(x)]` (float64).
+
+    The forward (mass-covering) KL that distributional policy gradient (DPG/GDC) minimizes; its gradient
+    :math:`-\sum_x \pi^*(x)\nabla\log q(x)` is the one DPG estimates by importance sampling. Terms with
+    :math:`\pi^*(x) = 0` count 0; the KL is :math:`+\infty` where :math:`q(x) = 0 < \pi^*(x)`.
+
+    :param posterior: the enumerated posterior, if already computed (else :func:`exact_posterior`).
+    :raises ValueError: if :math:`V^T` exceeds ``max_sequences``.
+
+    Example::
+
+        >>> kl = exact_forward_kl(task, policy)
+        >>> kl.backward()         # the exact gradient DPG estimates
+    """
+    _check_size(task, max_sequences)
+    posterior = posterior if posterior is not None else exact_posterior(task, max_sequences=max_sequences)
+    log_q = torch.cat([policy.log_prob(x).double().cpu() for x in _batches(task, batch_size)])  # (V^T,)
+    log_p = posterior.log_probs  # (V^T,)
+    p = log_p.exp()
+    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(log_q)).sum()
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ whether the proposal is usable: below 0.5 good, 0.5–0.7 usable, above 0.7 unre
 policy, :math:`\hat k` says whether it is a usable proposal for π* (:func:`policy_diagnostics`).
 
 Unlike :class:`pyro.infer.Importance`, which runs the model once per sample, the draws here are made and
-scored in batched LM passes of ``chunk_size`` sequences; the log-weights of all samples are kept.
+scored in batched LM passes of ``chunk_size`` sequences; all draws are kept as one
+:class:`~bayes_klrl.samples.ScoredSamples` record (:attr:`ImportanceResult.samples`), and the weights are
+summarized by :func:`~bayes_klrl.samples.weight_summary`.
 
 References:
 
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 from ..lm import AutoregressiveLM
+from ..samples import ScoredSamples, score, weight_summary
 from ..task import Task
 
 __all__ = [
@@ -140,11 +143,10 @@ def importance_log_weights(
         True
     """
     _check_sequences(task, sequences)
-    with torch.no_grad():
-        log_lik = task.log_likelihood(sequences).double()
-        if proposal is None or proposal is task.prior:
-            return log_lik.cpu()
-        return (task.prior.log_prob(sequences).double() + log_lik - proposal.log_prob(sequences).double()).cpu()
+    if proposal is None or proposal is task.prior:
+        with torch.no_grad():
+            return task.log_likelihood(sequences).double().cpu()  # log π0 − log q cancels exactly
+    return score(task, sequences, log_q=proposal).log_weight.cpu()
 
 
 def _check_sequences(task: Task, sequences: torch.Tensor) -> None:
@@ -177,9 +179,12 @@ class ImportanceResult:
     :ivar expected_reward: self-normalized :math:`\hat{\mathbb{E}}_{\pi^*}[r]`;
         ``expected_reward_se`` its standard error :math:`\sqrt{\sum_i \bar w_i^2 (r_i - \hat\mu)^2}`.
     :ivar elbo: :math:`\frac1N\sum_i \log w_i`, an estimate of :math:`\mathrm{ELBO}(q)` (``-inf`` if any weight is 0).
-    :ivar sequences: the draws ``(N, T)``; ``log_weights``, ``smoothed_log_weights`` (PSIS, normalized),
-        ``rewards``, ``log_prior``, ``log_q``: float64 ``(N,)``.
+    :ivar samples: the draws and their scores, a :class:`~bayes_klrl.samples.ScoredSamples` on the CPU
+        (``tokens`` ``(N, T)``; ``log_prior``, ``reward``, ``log_q``, float64 ``(N,)``).
+    :ivar smoothed_log_weights: PSIS-smoothed, normalized log-weights, float64 ``(N,)``.
     :ivar resampled: ``N`` sequences resampled (multinomially) in proportion to the weights ``(N, T)``.
+
+    ``sequences``, ``log_weights``, ``rewards``, ``log_prior`` and ``log_q`` read the record.
     """
 
     log_z: float
@@ -191,28 +196,34 @@ class ImportanceResult:
     expected_reward: float
     expected_reward_se: float
     elbo: float
-    sequences: torch.Tensor
+    samples: ScoredSamples
     log_weights: torch.Tensor
     smoothed_log_weights: torch.Tensor
-    rewards: torch.Tensor
-    log_prior: torch.Tensor
-    log_q: torch.Tensor
     resampled: torch.Tensor
 
     @property
     def num_samples(self) -> int:
         return int(self.log_weights.numel())
 
+    @property
+    def sequences(self) -> torch.Tensor:
+        """The draws :math:`x_i \\sim q`, LongTensor ``(N, T)``."""
+        return self.samples.tokens
 
-def _weight_summary(log_w: torch.Tensor) -> tuple[float, float, float]:
-    """``(log_z, log_z_se, ess)`` of float64 log-weights with at least one finite entry."""
-    n = log_w.numel()
-    log_z = torch.logsumexp(log_w, 0) - math.log(n)
-    w = torch.exp(log_w - log_w.max())
-    ess = float(w.sum() ** 2 / (n * (w**2).sum()))
-    w_bar = torch.exp(log_w - log_z)  # w_i / Ẑ, mean 1
-    log_z_se = float(w_bar.std() / math.sqrt(n))
-    return float(log_z), log_z_se, ess
+    @property
+    def rewards(self) -> torch.Tensor:
+        """:math:`r(x_i)`, float64 ``(N,)``."""
+        return self.samples.reward
+
+    @property
+    def log_prior(self) -> torch.Tensor:
+        """:math:`\\log\\pi_0(x_i)`, float64 ``(N,)``."""
+        return self.samples.log_prior
+
+    @property
+    def log_q(self) -> torch.Tensor:
+        """:math:`\\log q(x_i)` of the proposal, float64 ``(N,)``."""
+        return self.samples.log_q
 
 
 def _no_support(num_samples: int) -> ValueError:
@@ -223,18 +234,16 @@ def _no_support(num_samples: int) -> ValueError:
 
 
 @torch.no_grad()
-def _draw_and_score(task: Task, proposal: AutoregressiveLM, num_samples: int, chunk_size: int, seed: int):
-    """Draw ``num_samples`` sequences from ``proposal`` in chunks; return ``x, log_prior, rewards, log_q``."""
+def _draw_and_score(
+    task: Task, proposal: AutoregressiveLM, num_samples: int, chunk_size: int, seed: int
+) -> ScoredSamples:
+    """Draw ``num_samples`` sequences from ``proposal`` in chunks, each scored with its ``log_q``; on the CPU."""
     generator = torch.Generator(proposal.device).manual_seed(seed)
-    xs, log_prior, rewards, log_q = [], [], [], []
+    chunks = []
     for start in range(0, num_samples, chunk_size):
         x = proposal.sample(min(chunk_size, num_samples - start), task.length, generator=generator)  # (n, T)
-        lp = task.prior.log_prob(x).double()  # (n,)
-        xs.append(x.cpu())
-        log_prior.append(lp.cpu())
-        rewards.append(task.rewards(x).double().cpu())
-        log_q.append(lp.cpu() if proposal is task.prior else proposal.log_prob(x).double().cpu())
-    return torch.cat(xs), torch.cat(log_prior), torch.cat(rewards), torch.cat(log_q)
+        chunks.append(score(task, x, log_q=proposal).cpu())  # the prior as proposal reuses log π0
+    return ScoredSamples.cat(chunks)  # (N,) rows
 
 
 def _check_counts(num_samples: int, chunk_size: int) -> None:
@@ -274,36 +283,32 @@ def importance_sample(
     """
     _check_counts(num_samples, chunk_size)
     proposal = _check_proposal(task, proposal)
-    x, log_prior, r, log_q = _draw_and_score(task, proposal, num_samples, chunk_size, seed)
-    log_w = log_prior + r / task.beta - log_q  # (N,)
+    samples = _draw_and_score(task, proposal, num_samples, chunk_size, seed)
+    log_w, r = samples.log_weight, samples.reward  # log π0 + r/β − log q, r: (N,)
     finite = torch.isfinite(log_w)
     if not finite.any():
         raise _no_support(num_samples)
-    log_z, log_z_se, ess = _weight_summary(log_w)
+    summary = weight_summary(log_w)
     khat, smoothed = pareto_khat(log_w)
     probs = torch.exp(log_w - torch.logsumexp(log_w, 0))  # normalized weights w̄ (N,)
-    max_ratio = float(num_samples * probs.max())
     r0 = torch.where(finite, r, torch.zeros_like(r))  # 0·(−inf) = 0
     mean_r = (probs * r0).sum()
     resample_gen = torch.Generator().manual_seed(seed)
     idx = torch.multinomial(probs, num_samples, replacement=True, generator=resample_gen)
     return ImportanceResult(
-        log_z=log_z,
-        log_z_se=log_z_se,
-        ess=ess,
+        log_z=summary.log_z,
+        log_z_se=summary.log_z_se,
+        ess=summary.ess,
         khat=khat,
-        khat_label=khat_label(khat, max_ratio),
-        max_weight_ratio=max_ratio,
+        khat_label=khat_label(khat, summary.max_weight_ratio),
+        max_weight_ratio=summary.max_weight_ratio,
         expected_reward=float(mean_r),
         expected_reward_se=float(torch.sqrt((probs**2 * (r0 - mean_r) ** 2).sum())),
-        elbo=float(log_w.mean()),
-        sequences=x,
+        elbo=summary.mean_log_weight,
+        samples=samples,
         log_weights=log_w,
         smoothed_log_weights=smoothed,
-        rewards=r,
-        log_prior=log_prior,
-        log_q=log_q,
-        resampled=x[idx],
+        resampled=samples.tokens[idx],
     )
 
 

@@ -2,7 +2,9 @@ r"""MCMC on token sequences targeting :math:`\pi^*(x) \propto \pi_0(x)\,e^{r(x)/
 
 Two kernels, each a :class:`pyro.infer.mcmc.MCMCKernel` that :class:`pyro.infer.MCMC` runs, and each
 carrying a batch of :math:`C` chains in one state ``tokens`` of shape ``(C, T)`` (one LM pass serves all
-chains):
+chains). The carried state is a :class:`~bayes_klrl.samples.ScoredSamples` with one row per chain (the
+tokens with their :math:`\log\pi_0`, :math:`r` and, for IMH with a policy, :math:`\log q`); what a step did is
+a separate :class:`StepInfo`:
 
 - :class:`IndependenceMH`: independence Metropolis–Hastings with proposal :math:`q` (the prior or a policy),
 
@@ -47,11 +49,11 @@ from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
 from ..lm import AutoregressiveLM, sample_categorical
 from ..model import model as klrl_model
+from ..samples import ScoredSamples, score, sequence_codes
 from ..task import Task
 
 __all__ = [
     "KERNELS",
-    "ChainState",
     "IndependenceMH",
     "MCMCResult",
     "SingleSiteGibbs",
@@ -72,30 +74,9 @@ _MAX_INIT_ROUNDS = 1000
 
 
 @dataclass(frozen=True)
-class ChainState:
-    r"""The carried state of :math:`C` chains.
-
-    :ivar tokens: LongTensor ``(C, T)``.
-    :ivar log_prior: :math:`\log\pi_0(x)`, float64 ``(C,)``.
-    :ivar rewards: :math:`r(x)`, float64 ``(C,)``; ``log_likelihood`` is :math:`r/\beta`.
-    :ivar log_q: :math:`\log q(x)` of the IMH proposal, float64 ``(C,)``, or ``None`` (Gibbs).
-    """
-
-    tokens: torch.Tensor
-    log_prior: torch.Tensor
-    rewards: torch.Tensor
-    log_likelihood: torch.Tensor
-    log_q: torch.Tensor | None = None
-
-    @property
-    def log_target(self) -> torch.Tensor:
-        r"""Unnormalized :math:`\log\pi^*(x) = \log\pi_0 + r/\beta`, ``(C,)``."""
-        return self.log_prior + self.log_likelihood
-
-
-@dataclass(frozen=True)
 class StepInfo:
-    r"""What one kernel step did, per chain (kept apart from the carried :class:`ChainState`).
+    r"""What one kernel step did, per chain (kept apart from the carried state, a
+    :class:`~bayes_klrl.samples.ScoredSamples` with one row per chain).
 
     :ivar accept_prob: the Metropolis–Hastings acceptance probability :math:`\min(1, w(x')/w(x))` of the
         step's proposal (IMH), or 1 (Gibbs: every draw from a full conditional is accepted); float64 ``(C,)``.
@@ -126,7 +107,7 @@ class _SequenceKernel(MCMCKernel):
         self.model = functools.partial(klrl_model, task, num_chains)
         self._generator = torch.Generator(task.prior.device).manual_seed(seed)
         self._initial: torch.Tensor | None = None
-        self._state: ChainState | None = None
+        self._state: ScoredSamples | None = None  # C chains = C rows
         self._info: StepInfo | None = None
         self._warmup_steps = 0
         self._t = 0
@@ -134,20 +115,13 @@ class _SequenceKernel(MCMCKernel):
         self._proposed = 0
 
     # -- scoring -----------------------------------------------------------------------
-    def _log_q(self, tokens: torch.Tensor) -> torch.Tensor | None:
+    def _scored_proposal(self) -> AutoregressiveLM | None:
+        """The LM whose :math:`\\log q` the state carries, or ``None`` (no proposal is scored)."""
         return None
 
-    @torch.no_grad()
-    def _score(self, tokens: torch.Tensor) -> ChainState:
-        tokens = tokens.to(self.task.prior.device)
-        rewards = self.task.rewards(tokens).double()  # (C,)
-        return ChainState(
-            tokens=tokens,
-            log_prior=self.task.prior.log_prob(tokens).double(),
-            rewards=rewards,
-            log_likelihood=rewards / self.task.beta,
-            log_q=self._log_q(tokens),
-        )
+    def _score(self, tokens: torch.Tensor) -> ScoredSamples:
+        tokens = tokens.to(self.task.prior.device)  # (C, T)
+        return score(self.task, tokens, log_q=self._scored_proposal())
 
     # -- starts ------------------------------------------------------------------------
     def _draw_starts(self, n: int) -> torch.Tensor:
@@ -156,7 +130,7 @@ class _SequenceKernel(MCMCKernel):
             return torch.randint(v, (n, length), generator=self._generator, device=device)
         return self.task.prior.sample(n, length, generator=self._generator)
 
-    def _dispersed_start(self) -> ChainState:
+    def _dispersed_start(self) -> ScoredSamples:
         state = self._score(self._draw_starts(self.num_chains))
         for _ in range(_MAX_INIT_ROUNDS):
             bad = ~torch.isfinite(state.log_target)
@@ -179,7 +153,7 @@ class _SequenceKernel(MCMCKernel):
         return self._params(self._state)
 
     @staticmethod
-    def _params(state: ChainState) -> dict[str, torch.Tensor]:
+    def _params(state: ScoredSamples) -> dict[str, torch.Tensor]:
         # a float site beside the integer tokens: Pyro's own diagnostics (ESS, R-hat) need floating samples, and
         # pyro.infer.MCMC concatenates the sites, so its stored tokens become float64 (exact for any V < 2**53)
         return {PARAM: state.tokens, LOG_TARGET: state.log_target}
@@ -218,8 +192,9 @@ class _SequenceKernel(MCMCKernel):
         self._reset_counters()
 
     @property
-    def state(self) -> ChainState:
-        """The current :class:`ChainState` (after the last :meth:`sample`)."""
+    def state(self) -> ScoredSamples:
+        """The current state, one :class:`~bayes_klrl.samples.ScoredSamples` row per chain (after the last
+        :meth:`sample`)."""
         if self._state is None:
             raise ValueError("the kernel has not been set up")
         return self._state
@@ -247,7 +222,7 @@ class _SequenceKernel(MCMCKernel):
             self.end_warmup()
         return self._params(self._state)
 
-    def _step(self, state: ChainState) -> tuple[ChainState, StepInfo]:
+    def _step(self, state: ScoredSamples) -> tuple[ScoredSamples, StepInfo]:
         raise NotImplementedError
 
     def logging(self) -> dict[str, str]:
@@ -293,19 +268,16 @@ class IndependenceMH(_SequenceKernel):
                 raise ValueError(f"proposal has vocab_size {proposal.vocab_size}; the task has {task.vocab_size}")
         self.proposal = task.prior if proposal is None else proposal
 
-    def _log_q(self, tokens):
-        if self.proposal is self.task.prior:
-            return None  # log q = log π0; the weights are r/β
-        with torch.no_grad():
-            return self.proposal.log_prob(tokens).double()
+    def _scored_proposal(self):
+        return None if self.proposal is self.task.prior else self.proposal  # q = π0: the weights are r/β
 
     @staticmethod
-    def _log_weight(state: ChainState) -> torch.Tensor:
+    def _log_weight(state: ScoredSamples) -> torch.Tensor:
         log_q = state.log_prior if state.log_q is None else state.log_q
-        return state.log_prior + state.log_likelihood - log_q  # (C,)
+        return state.log_target - log_q  # log π0 + r/β − log q, (C,)
 
     @torch.no_grad()
-    def _step(self, state: ChainState) -> tuple[ChainState, StepInfo]:
+    def _step(self, state: ScoredSamples) -> tuple[ScoredSamples, StepInfo]:
         proposal = self._score(self.proposal.sample(self.num_chains, self.task.length, generator=self._generator))
         log_w_new, log_w_old = self._log_weight(proposal), self._log_weight(state)
         log_u = torch.rand(self.num_chains, generator=self._generator, device=log_w_new.device).double().log()
@@ -315,16 +287,9 @@ class IndependenceMH(_SequenceKernel):
         accept = log_u < log_alpha
         self._accepted += accept.double().cpu()
         self._proposed += 1
-        keep = accept.unsqueeze(-1)
         moved = accept & (proposal.tokens != state.tokens).any(-1)
         info = StepInfo(accept_prob=log_alpha.exp().cpu(), moved=moved.double().cpu())
-        return ChainState(
-            tokens=torch.where(keep, proposal.tokens, state.tokens),
-            log_prior=torch.where(accept, proposal.log_prior, state.log_prior),
-            rewards=torch.where(accept, proposal.rewards, state.rewards),
-            log_likelihood=torch.where(accept, proposal.log_likelihood, state.log_likelihood),
-            log_q=None if state.log_q is None else torch.where(accept, proposal.log_q, state.log_q),
-        ), info
+        return state.where(accept, proposal), info
 
 
 class SingleSiteGibbs(_SequenceKernel):
@@ -376,7 +341,7 @@ class SingleSiteGibbs(_SequenceKernel):
         return {**super().diagnostics(), "move rate": float(self.move_rate.mean())}
 
     @torch.no_grad()
-    def _update_site(self, state: ChainState, positions: torch.Tensor) -> tuple[torch.Tensor, ChainState]:
+    def _update_site(self, state: ScoredSamples, positions: torch.Tensor) -> tuple[torch.Tensor, ScoredSamples]:
         """Resample position ``positions[c]`` of every chain ``c`` from its full conditional; return which
         chains changed their token (float64 ``(C,)``) and the new state."""
         c, v, length = self.num_chains, self.task.vocab_size, self.task.length
@@ -386,7 +351,7 @@ class SingleSiteGibbs(_SequenceKernel):
         candidates[chains[:, None], torch.arange(v, device=device)[None, :], positions[:, None]] = torch.arange(
             v, device=device
         )
-        scored = self._score(candidates.reshape(c * v, length))
+        scored = self._score(candidates.reshape(c * v, length))  # C·V rows
         logits = scored.log_target.view(c, v)  # (C, V), finite where the candidate is feasible
         choice = sample_categorical(logits, self._generator)  # (C,)
         pick = chains * v + choice
@@ -394,14 +359,9 @@ class SingleSiteGibbs(_SequenceKernel):
         self._moved += changed
         self._accepted += 1.0
         self._proposed += 1
-        return changed, ChainState(
-            tokens=candidates[chains, choice],
-            log_prior=scored.log_prior[pick],
-            rewards=scored.rewards[pick],
-            log_likelihood=scored.log_likelihood[pick],
-        )
+        return changed, scored[pick]  # the chosen candidate of every chain, (C,) rows
 
-    def _step(self, state: ChainState) -> tuple[ChainState, StepInfo]:
+    def _step(self, state: ScoredSamples) -> tuple[ScoredSamples, StepInfo]:
         c, length, device = self.num_chains, self.task.length, state.tokens.device
         moved = torch.zeros(c, dtype=torch.float64)
         for t in range(length):
@@ -515,7 +475,7 @@ def run_mcmc(
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be an integer >= 0, got {warmup!r}")
     k = make_kernel(task, kernel, num_chains=num_chains, proposal=proposal, scan=scan, init=init, seed=seed)
-    kept: list[ChainState] = []
+    kept: list[ScoredSamples] = []
     infos: list[StepInfo] = []
 
     def keep_state(kern, params, stage, i):  # the rewards and log-densities the kernel already computed
@@ -534,7 +494,7 @@ def run_mcmc(
     return MCMCResult(
         kernel=kernel,
         draws=draws,
-        rewards=stack("rewards"),
+        rewards=stack("reward"),
         log_prior=stack("log_prior"),
         log_likelihood=stack("log_likelihood"),
         log_q=stack("log_q") if kept[0].log_q is not None else None,
@@ -550,8 +510,7 @@ def run_mcmc(
 def _empirical_probs(sequences: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Frequencies of ``sequences`` ``(N, T)`` over all :math:`V^T` sequences, lexicographic order, float64."""
     length = sequences.shape[-1]
-    powers = vocab_size ** torch.arange(length - 1, -1, -1)
-    codes = (sequences.reshape(-1, length).cpu() * powers).sum(-1)
+    codes = sequence_codes(sequences.reshape(-1, length).cpu(), vocab_size)  # (N,)
     return torch.bincount(codes, minlength=vocab_size**length).double() / codes.numel()
 
 

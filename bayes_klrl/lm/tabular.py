@@ -6,7 +6,9 @@ per prefix :math:`x_{<t}`:
 
 .. math:: q(x_t \mid x_{<t}) = \mathrm{softmax}(L[\mathrm{index}(x_{<t})])_{x_t},
 
-with :math:`\sum_{t<T} V^t` rows. Rows start at the prior's log-probabilities, so the policy starts at
+with :math:`\sum_{t<T} V^t` rows; the prefixes of length :math:`t` fill rows
+:math:`\sum_{s<t} V^s + c(x_{<t})` in the lexicographic order of their code :math:`c`
+(:func:`~bayes_klrl.samples.sequence_codes`). Rows start at the prior's log-probabilities, so the policy starts at
 :math:`\pi_0` (the usual initialization of RLHF).
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..samples import sequence_codes, sequences_from_codes
 from .base import AutoregressiveLM
 
 __all__ = ["TabularPolicy", "num_prefixes"]
@@ -61,7 +64,7 @@ class TabularPolicy(AutoregressiveLM):
         table = []
         with torch.no_grad():
             for t in range(length):
-                prefixes = _all_sequences(v, t, device=prior.device)  # (V^t, t)
+                prefixes = sequences_from_codes(torch.arange(v**t, device=prior.device), v, t)  # (V^t, t)
                 table.append(torch.log_softmax(prior.next_token_logits(prefixes).float(), -1))
         self.logits = nn.Parameter(torch.cat(table, dim=0).to(torch.get_default_dtype()))  # (rows, V)
 
@@ -100,16 +103,4 @@ class TabularPolicy(AutoregressiveLM):
         prefixes = prefixes.to(self.logits.device)
         t = prefixes.shape[1]
         self._check_position(t)
-        codes = torch.zeros(prefixes.shape[0], dtype=torch.long, device=prefixes.device)
-        for s in range(t):
-            codes = codes * self.vocab_size + prefixes[:, s]
-        return self.logits[self.offsets[t] + codes]
-
-
-def _all_sequences(vocab_size: int, length: int, device=None) -> torch.Tensor:
-    """All ``V^length`` sequences in lexicographic order, ``(V^length, length)``."""
-    if length == 0:
-        return torch.zeros(1, 0, dtype=torch.long, device=device)
-    codes = torch.arange(vocab_size**length, device=device)
-    powers = vocab_size ** torch.arange(length - 1, -1, -1, device=device)
-    return (codes[:, None] // powers) % vocab_size
+        return self.logits[self.offsets[t] + sequence_codes(prefixes, self.vocab_size)]  # (N, V)
