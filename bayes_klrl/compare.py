@@ -47,6 +47,12 @@ def _estimators() -> tuple[str, ...]:
     return tuple(ESTIMATORS)
 
 
+def _recipe_choices(name: str) -> tuple[str, ...]:
+    from .rl import recipes
+
+    return getattr(recipes, name)
+
+
 def _kl_estimators() -> tuple[str, ...]:
     from .rl import KL_ESTIMATORS
 
@@ -65,8 +71,21 @@ class CompareConfig:
     policy: str = option("auto", "policy class (auto: tabular when it fits, else a copy of the prior)",
                          choices=("auto", "tabular", "copy"))  # fmt: skip
     estimator: str = option("loo", "SVI gradient estimator", choices=_estimators)
-    kl_estimator: str = option("k1", "PPO per-token KL estimator", choices=_kl_estimators)
+    kl_estimator: str | None = option(
+        None, "per-token KL estimator (none: each method's own, k1 for rl and ppo, k3 for the GRPO recipes)",
+        choices=_kl_estimators)  # fmt: skip
     kl_target: float | None = option(None, "PPO adaptive-KL target in nats (none: beta stays fixed)")
+    kl_in: str | None = option(None, "recipes: the KL in the reward, in the loss, or none (none: the method's own)",
+                               choices=lambda: _recipe_choices("KL_PLACES"))  # fmt: skip
+    kl_ratio_correction: bool | None = option(None, "recipes: multiply an in-loss KL term by q/q_old")
+    advantage: str | None = option(None, "recipes: leave-one-out, group-centred or group-standardized advantage",
+                                   choices=lambda: _recipe_choices("ADVANTAGES"))  # fmt: skip
+    group_size: int | None = option(None, "recipes: sequences per group of a group advantage (GRPO presets: 16)")
+    normalization: str | None = option(None, "recipes: per-sequence 1/|x| or constant normalization of the loss",
+                                       choices=lambda: _recipe_choices("NORMALIZATIONS"))  # fmt: skip
+    epochs: int | None = option(None, "recipes and ppo: passes over each batch (clipped ratio when > 1)")
+    minibatches: int | None = option(None, "recipes and ppo: minibatches per pass")
+    clip: float | None = option(None, "recipes and ppo: clip range epsilon of the importance ratio")
     log_every: int = option(50, "steps between logged points of the learning curves")
     eval_samples: int = option(1024, "Monte Carlo samples scoring each policy (importance sampling, k-hat)")
     max_enumeration: int = option(DEFAULT_MAX_ENUMERATION, "largest V^T enumerated exactly")
@@ -98,9 +117,10 @@ class CompareConfig:
             raise ValueError("log_every must be >= 1 and checkpoint_every >= 0")
         if self.kl_target is not None and not (math.isfinite(self.kl_target) and self.kl_target > 0):
             raise ValueError(f"kl_target must be a finite number > 0 (nats), got {self.kl_target}")
-        for name in ("policy", "estimator", "kl_estimator", "mcmc_kernel", "mcmc_proposal"):
+        for name in ("policy", "estimator", "kl_estimator", "mcmc_kernel", "mcmc_proposal", "kl_in", "advantage",
+                     "normalization"):  # fmt: skip
             allowed = _choices(name)
-            if getattr(self, name) not in allowed:
+            if getattr(self, name) is not None and getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
         if self.chains < 1 or self.draws < 4 or self.warmup < 0:
             raise ValueError("chains must be >= 1, draws >= 4 and warmup >= 0")

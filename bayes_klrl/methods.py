@@ -273,7 +273,8 @@ class TrainedMethod(Method):
     :ivar factory: ``factory(task, policy, num_sequences, *, lr, **options) -> Trainer``.
     :ivar options: names of the ``compare`` settings passed to ``factory`` as keywords (recorded in the
         method's row and checkpoint).
-    :ivar fixed: keyword arguments always passed (what makes a preset, e.g. ``kl_penalty=False``), recorded too.
+    :ivar fixed: keyword arguments always passed (what makes a preset, e.g. a recipe's options), recorded too.
+    :ivar validate: ``validate(num_sequences, **settings)`` raising ValueError on options the trainer refuses.
     """
 
     name: str
@@ -284,19 +285,29 @@ class TrainedMethod(Method):
     fixed: Mapping[str, Any] = field(default_factory=dict)
     kind: str = "trained"
 
+    validate: Callable[..., None] | None = None
+
     def make_trainer(self, task: Task, policy: AutoregressiveLM, num_sequences: int, *, lr: float, **options):
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             raise ValueError(f"method {self.name!r} takes no option(s) {', '.join(unknown)}")
-        return self.factory(task, policy, num_sequences, lr=lr, **self.fixed, **options)
+        trainer = self.factory(task, policy, num_sequences, lr=lr, **{**self.fixed, **options})
+        trainer.method = self.name  # checkpoints and progress bars carry the registered name
+        return trainer
 
     def settings(self, config) -> dict:
-        """The method's own options as set in ``config``, then its fixed ones."""
-        return {**{k: getattr(config, k) for k in self.options}, **self.fixed}
+        """The method's effective options: its fixed (preset) ones, overridden by those ``config`` sets (not None)."""
+        given = {k: getattr(config, k) for k in self.options if getattr(config, k, None) is not None}
+        return {**self.fixed, **given}
+
+    def check(self, config) -> None:
+        """Refuse options this method cannot run with, before any method runs (``validate`` hook)."""
+        if self.validate is not None:
+            self.validate(config.num_sequences, **self.settings(config))
 
     def run(self, context: RunContext) -> MethodResult:
         task, config = context.task, context.config
-        own = {k: getattr(config, k) for k in self.options}
+        own = {k: v for k, v in self.settings(config).items() if k in self.options}
         trainer = self.make_trainer(task, task.make_policy(config.policy), config.num_sequences, lr=config.lr, **own)
         posterior = context.posterior
 
@@ -483,6 +494,12 @@ def _reinforce(task, policy, num_sequences, **kwargs):
     return ReinforceTrainer(task, policy, num_sequences, **kwargs)
 
 
+def _check_recipe(num_sequences: int, **options) -> None:
+    from .rl.recipes import Recipe
+
+    Recipe(**options).check_batch(num_sequences)
+
+
 def _ppo(task, policy, num_sequences, **kwargs):
     from .rl import PPOTrainer
 
@@ -495,27 +512,56 @@ def _dpg(task, policy, num_sequences, **kwargs):
     return DPGTrainer(task, policy, num_sequences, **kwargs)
 
 
+def _recipe_preset(name: str) -> dict:
+    from .rl.recipes import PRESETS
+
+    return PRESETS[name].as_dict()
+
+
+#: the compare settings a recipe trainer reads (each overrides the preset's value when given)
+RECIPE_OPTIONS = (
+    "kl_in",
+    "kl_estimator",
+    "kl_ratio_correction",
+    "advantage",
+    "group_size",
+    "normalization",
+    "epochs",
+    "minibatches",
+    "clip",
+)
+
+
+def _recipe(name: str, label: str, description: str, **changes) -> TrainedMethod:
+    return TrainedMethod(
+        name,
+        label,
+        description,
+        _reinforce,
+        RECIPE_OPTIONS,
+        fixed={**_recipe_preset(name if not changes else "rl"), **changes},
+        validate=_check_recipe,
+    )
+
+
 register(ExactMethod())
 register(TrainedMethod("svi", "SVI (Pyro)", "stochastic variational inference, the policy as guide", _svi, ("estimator",)))
-register(TrainedMethod("rl", "REINFORCE (RLOO)", "REINFORCE, k1 KL in the reward, leave-one-out baseline", _reinforce))
+register(_recipe("rl", "REINFORCE (RLOO)", "REINFORCE, k1 KL in the reward, leave-one-out baseline (RLOO)"))
 register(
     TrainedMethod(
         "ppo",
         "PPO",
         "PPO-clip, per-token KL in the reward, optional adaptive KL controller",
         _ppo,
-        ("kl_estimator", "kl_target"),
+        ("kl_estimator", "kl_target", "epochs", "minibatches", "clip"),
     )
 )
+register(_recipe("grpo", "GRPO", "GRPO: group-standardized advantage, k3 KL in the loss"))
+register(_recipe("grpo_corr", "GRPO + ratio correction", "GRPO with the in-loss k3 multiplied by q/q_old"))
+register(_recipe("drgrpo", "Dr. GRPO", "Dr. GRPO: group-centred advantage, k3 KL in the loss, constant normalization"))
 register(TrainedMethod("dpg", "DPG", "distributional policy gradient: forward KL(pi*||q)", _dpg))
 register(
-    TrainedMethod(
-        "rl_no_kl",
-        "REINFORCE without KL",
-        "plain reward maximization (no KL term): collapses onto argmax r",
-        _reinforce,
-        fixed={"kl_penalty": False},
-    )
+    _recipe("rl_no_kl", "REINFORCE without KL", "plain reward maximization (no KL term): collapses onto argmax r", kl_in="none")
 )
 register(
     TrainedMethod(

@@ -16,6 +16,7 @@ from ..lm import AutoregressiveLM
 from ..task import Task
 from ..training import Trainer
 from .kl import kl_per_token
+from .recipes import clipped_surrogate
 
 __all__ = ["PPOTrainer"]
 
@@ -95,8 +96,7 @@ class PPOTrainer(Trainer):
                 idx = order[k * size : (k + 1) * size]
                 ratio = torch.exp(self.policy.token_log_probs(x[idx]) - old_log_q[idx])  # (n, T)
                 adv = advantages[idx]
-                clipped = torch.clamp(ratio, 1 - self.clip, 1 + self.clip)
-                loss = -torch.minimum(ratio * adv, clipped * adv).sum(-1).mean()
+                loss = -clipped_surrogate(ratio, adv, self.clip).sum(-1).mean()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()

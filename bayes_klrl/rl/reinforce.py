@@ -1,36 +1,45 @@
-r"""REINFORCE with the KL in the reward and a leave-one-out baseline (RLOO), in plain torch.
+r"""REINFORCE with the KL in the reward and a leave-one-out baseline (RLOO), and the recipes built on it, in plain torch.
 
-It maximizes :math:`J(q) = \mathbb{E}_q[r] - \beta\,\mathrm{KL}(q\|\pi_0)` with the sequence-level reward
+By default it maximizes :math:`J(q) = \mathbb{E}_q[r] - \beta\,\mathrm{KL}(q\|\pi_0)` with the sequence-level reward
 :math:`R(x) = r(x) - \beta(\log q(x) - \log\pi_0(x))` ("k1"), a leave-one-out baseline over the batch, and
 the loss :math:`-\frac1N\sum_i (R_i - b_i)\log q(x_i)`. Since :math:`R = \beta f` with :math:`f` the SVI signal,
 its gradient is :math:`\beta/N` times the SVI leave-one-out estimate: the same algorithm.
+
+The keyword options are those of :class:`~bayes_klrl.rl.recipes.Recipe` (where the KL goes, its estimator,
+the ratio correction, the advantage, the normalization, several epochs of minibatches): GRPO, its
+ratio-corrected variant and Dr. GRPO are this trainer with other options (``PRESETS`` in
+:mod:`bayes_klrl.rl.recipes`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..estimators import floor_infeasible, leave_one_out_baseline
 from ..lm import AutoregressiveLM
 from ..task import Task
 from ..training import Trainer
+from .recipes import Recipe, advantages, learning_signal, recipe_loss
 
 __all__ = ["ReinforceTrainer"]
 
 
 class ReinforceTrainer(Trainer):
-    r"""REINFORCE with the KL in the reward and a leave-one-out baseline (RLOO).
+    r"""REINFORCE (RLOO by default) with the recipe options of :class:`~bayes_klrl.rl.recipes.Recipe`.
 
     :param int num_sequences: sequences sampled (and rewards evaluated) per step.
     :param float lr: Adam learning rate.
-    :param bool kl_penalty: put :math:`-\beta(\log q - \log\pi_0)` in the reward (the default). With
-        ``False`` the learning signal is :math:`r(x)` alone: plain reward maximization, whose optimum is a point
-        mass on :math:`\arg\max r` (distribution collapse). The reported ``objective_estimate`` is still
-        :math:`r - \beta\,\mathrm{KL}`.
+    :param str kl_in: ``"reward"`` (default), ``"loss"`` or ``"none"`` (plain reward maximization, whose optimum
+        is a point mass on :math:`\arg\max r`: distribution collapse). The reported ``objective_estimate`` is
+        always :math:`r - \beta\,\mathrm{KL}` (k1).
+    :param recipe_options: the other fields of :class:`~bayes_klrl.rl.recipes.Recipe` (``kl_estimator``,
+        ``kl_ratio_correction``, ``advantage``, ``group_size``, ``normalization``, ``epochs``, ``minibatches``,
+        ``clip``).
 
     Example::
 
         >>> result = fit(ReinforceTrainer(task, task.make_policy(), num_sequences=1024), steps=1500, seed=0)
+        >>> grpo = ReinforceTrainer(task, task.make_policy(), 1024, kl_in="loss", kl_estimator="k3",
+        ...                         advantage="group-std", normalization="sequence")
     """
 
     method = "rl"
@@ -42,28 +51,47 @@ class ReinforceTrainer(Trainer):
         num_sequences: int = 1024,
         *,
         lr: float = 0.02,
-        kl_penalty: bool = True,
+        **recipe_options,
     ):
         super().__init__(task, policy, num_sequences, lr=lr)
-        self.kl_penalty = bool(kl_penalty)
+        self.recipe = Recipe(**recipe_options)
+        self.recipe.check_batch(self.num_sequences)
 
     def step(self) -> dict[str, float]:
-        task, beta = self.task, self.task.beta
+        task, beta, recipe = self.task, self.task.beta, self.recipe
         x = self.policy.sample(self.num_sequences, task.length)  # (N, T)
-        log_q = self.policy.log_prob(x)  # (N,)
+        token_log_q = self.policy.token_log_probs(x)  # (N, T), differentiable
         with torch.no_grad():
-            log_prior = task.prior.log_prob(x)
-            r = task.rewards(x)
-            kl = log_q.detach() - log_prior  # k1, per sequence
-            shaped = r - beta * kl  # (N,) the KL-in-reward return
-            usable = floor_infeasible(shaped if self.kl_penalty else r)
-            advantage = usable - leave_one_out_baseline(usable)
-        loss = -(advantage * log_q).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+            old_token_log_q = token_log_q.detach()
+            token_log_prior = task.prior.token_log_probs(x)  # (N, T)
+            r = task.rewards(x)  # (N,)
+            kl = old_token_log_q.sum(-1) - token_log_prior.sum(-1)  # k1 per sequence, for reporting
+            signal = learning_signal(r, old_token_log_q, token_log_prior, beta, recipe)
+            advantage = advantages(signal, recipe.advantage, recipe.group_size)  # (N,)
+        if not recipe.reuses_batches:  # one update on this batch: reuse the forward pass that scored it
+            self._update(recipe_loss(token_log_q, old_token_log_q, token_log_prior, advantage, beta, recipe))
+        else:
+            size = self.num_sequences // recipe.minibatches
+            for _ in range(recipe.epochs):
+                order = torch.randperm(self.num_sequences)
+                for k in range(recipe.minibatches):
+                    idx = order[k * size : (k + 1) * size]
+                    loss = recipe_loss(
+                        self.policy.token_log_probs(x[idx]),
+                        old_token_log_q[idx],
+                        token_log_prior[idx],
+                        advantage[idx],
+                        beta,
+                        recipe,
+                    )
+                    self._update(loss)
         return {
-            "objective_estimate": float(shaped.mean()),
+            "objective_estimate": float((r - beta * kl).mean()),
             "reward_mean": float(r.mean()),
             "kl_estimate": float(kl.mean()),
         }
+
+    def _update(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
