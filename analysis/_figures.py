@@ -74,6 +74,9 @@ COLORS = {
     "gibbs": "#8c564b",
     "imh": "#e377c2",
     "prior": "#7f7f7f",
+    "grpo": "#17becf",
+    "grpo_corr": "#bcbd22",
+    "drgrpo": "#6a3d9a",
 }
 #: colours for names :data:`COLORS` does not know (a method registered later), taken in turn
 FALLBACK_COLORS = ("#17becf", "#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78", "#c5b0d5")

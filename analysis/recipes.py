@@ -44,6 +44,7 @@ from _common import check_at_least_two, check_choices, check_positive, load, scr
 from _figures import color, figure, label, read_csv, read_json, save, style
 from matplotlib.colors import LogNorm
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from bayes_klrl.config import Preset, add_config_arguments, config_from_args, option
 from bayes_klrl.exact import ExactPosterior, exact_posterior, policy_metrics
@@ -72,10 +73,10 @@ class Config(Preset):
     recipes: tuple[str, ...] = option(RECIPES, "recipes (presets of bayes_klrl.rl.recipes)", choices=RECIPES)
     betas: tuple[float, ...] = option((0.35, 0.7, 1.4, 2.8), "the KL coefficients β of the sweep")
     seed: int = option(0, "seed of every run")
-    num_sequences: int = option(1024, "sequences (reward evaluations) per step; a multiple of the group size 16")
+    num_sequences: int = option(512, "sequences (reward evaluations) per step; a multiple of the group size 16")
     lr: float = option(0.02, "Adam learning rate")
-    max_steps: int = option(2000, "give up (converged = False) after this many steps")
-    log_every: int = option(50, "steps between exact evaluations (and convergence checks)")
+    max_steps: int = option(1200, "give up (converged = False) after this many steps")
+    log_every: int = option(40, "steps between exact evaluations (and convergence checks)")
     window: int = option(5, "logged points over which a run must have stopped moving")
     rtol: float = option(0.1, "relative spread of KL(q||pi*) and KL(q||pi0) allowed over the window")
     atol: float = option(0.003, "absolute spread (nats) allowed over the window")
@@ -87,8 +88,7 @@ class Config(Preset):
     QUICK: ClassVar[dict] = {
         "tasks": ("bandit", "markov"),
         "betas": (0.35, 0.7),
-        "num_sequences": 512,
-        "max_steps": 600,
+        "max_steps": 500,
         "log_every": 25,
         "window": 4,
         "frontier_points": 40,
@@ -292,7 +292,7 @@ def plot(out: str | Path) -> list[Path]:
     paths = []
     with style():
         # (a) KL(q‖π*) at the fixed point per recipe and β
-        fig, axes = figure(1, len(tasks), (4.6 * len(tasks), 4.4))
+        fig, axes = figure(1, len(tasks), (4.6 * len(tasks) + 3.4, 4.4))
         for ax, task in zip(axes[0], tasks):
             p = points[points["task"] == task]
             prior_kl = p.groupby("beta")["prior_kl_to_posterior"].first()
@@ -335,6 +335,7 @@ def plot(out: str | Path) -> list[Path]:
             ax.set_yscale("log")
             ax.set_xticks(sorted(p["beta"].unique()))
             ax.set_xticklabels([f"{b:g}" for b in sorted(p["beta"].unique())])
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set(title=f"task '{task}'", xlabel="β (log scale)", ylabel="KL(q ‖ π*) at the fixed point (nats, exact)")
         handles, labels_ = axes[0][0].get_legend_handles_labels()
         handles.append(Line2D([], [], ls="none", marker="x", color="black", ms=8, mew=1.5))
@@ -400,6 +401,9 @@ def plot(out: str | Path) -> list[Path]:
                         zorder=5,
                     )
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
             low = max(
                 min(p["kl_to_prior"].min(), posts["posterior_kl_to_prior"].min()) / 2,
                 f["kl_to_prior"][f["kl_to_prior"] > 0].min(),
@@ -450,9 +454,10 @@ def plot(out: str | Path) -> list[Path]:
             ScalarMappable(norm=norm, cmap=cmap), ax=axes[0].tolist(), location="right", shrink=0.8, pad=0.01
         )
         bar.set_label("β (colour of every marker)")
+        bar.ax.minorticks_off()
         bar.set_ticks(sorted(points["beta"].unique()))
         bar.set_ticklabels([f"{b:g}" for b in sorted(points["beta"].unique())])
-        fig.legend(handles=legend, loc="outside lower center", ncol=min(4, len(legend)), fontsize=8.5)
+        fig.legend(handles=legend, loc="outside lower center", ncol=min(4, 2 * len(tasks), len(legend)), fontsize=8.5)
         fig.suptitle("The reward–KL plane: fixed points on the Bayes frontier, or below it (all coordinates exact)")
         paths.append(save(fig, out / "recipes_frontier.png"))
     return paths

@@ -10,7 +10,9 @@ seconds, the command and the script that redo it alone, and whether it was quick
 - ``forward_reverse``: reverse KL (SVI, RL) against forward KL (DPG) on a two-mode task;
 - ``posterior``: exact vs importance sampling vs MCMC vs SVI vs RL on the top sequences;
 - ``khat``: PSIS k̂ of the SVI and RL policies over training;
-- ``mcmc``: ArviZ trace, rank and ESS plots of the MCMC kernels (``mcmc_diagnostics.py``).
+- ``mcmc``: ArviZ trace, rank and ESS plots of the MCMC kernels (``mcmc_diagnostics.py``);
+- ``recipes``: RLOO, GRPO, GRPO with the ratio correction and Dr. GRPO trained to their fixed points over a β
+  sweep, scored exactly against π* and placed against the Bayes frontier.
 
 Example (every figure in a few minutes on 2 CPU cores)::
 
@@ -33,7 +35,7 @@ from bayes_klrl.config import parse_names
 from bayes_klrl.storage import write_json
 
 #: the experiment scripts (files of this folder), in the report's order; each has NAME, Config, run, plot, main
-MODULES = ("learning_curves", "beta_sweep", "forward_reverse", "posterior", "khat", "mcmc_diagnostics")
+MODULES = ("learning_curves", "beta_sweep", "forward_reverse", "posterior", "khat", "mcmc_diagnostics", "recipes")
 
 
 def experiments() -> dict[str, ModuleType]:
