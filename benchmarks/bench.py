@@ -11,6 +11,10 @@ shared machine slows both alike):
 - ``svi_step_over_plain_torch_step``: the median wall time of one :class:`~bayes_klrl.infer.svi.SVITrainer`
   step (Pyro, leave-one-out ELBO) over one :class:`~bayes_klrl.rl.ReinforceTrainer` step (plain torch, RLOO);
   same policy class and batch, steps interleaved. The price of writing RL as a Pyro program.
+- ``grpo_step_over_rloo_step``: the median wall time of one ``grpo`` step (group-standardized advantage over
+  groups of 16, k3 KL in the loss, differentiated) over one ``rl`` step (RLOO, k1 in the reward), both
+  :class:`~bayes_klrl.rl.ReinforceTrainer` recipes on the same task, policy class and batch size, steps
+  interleaved. The price of GRPO's in-loss KL term.
 - ``mcmc_speedup_vs_pyro_mcmc_chains``: draws/s of :mod:`bayes_klrl.infer.mcmc` kernels carrying :math:`C`
   chains in one batch, run by :class:`pyro.infer.MCMC`, over draws/s of :class:`pyro.infer.MCMC` running the
   same kernel class with one chain, :math:`C` times one after another (draws counted over all chains). The
@@ -71,6 +75,7 @@ from bayes_klrl.training import fit, seed_everything
 GOALS = {
     "is_speedup_vs_pyro_importance": (">=", 50.0),
     "svi_step_over_plain_torch_step": ("<=", 1.5),
+    "grpo_step_over_rloo_step": ("<=", 1.2),
     "mcmc_speedup_vs_pyro_mcmc_chains": (">=", 10.0),
 }
 #: the trained methods whose sample efficiency is measured (names of :data:`bayes_klrl.methods.METHODS`)
@@ -87,7 +92,7 @@ class BenchConfig(Preset):
     seed: int = option(0, "seeds every measurement")
     is_samples: int = option(262_144, "importance_sample draws per repetition")
     pyro_is_samples: int = option(1_000, "pyro.infer.Importance traces per repetition (one sequence each)")
-    svi_num_sequences: int = option(1024, "batch of the SVI and REINFORCE steps")
+    svi_num_sequences: int = option(1024, "batch of the timed trainer steps (SVI, GRPO and REINFORCE)")
     svi_steps: int = option(40, "timed steps of each trainer per repetition (interleaved)")
     svi_warmup: int = option(3, "untimed steps of each first (the first SVI step runs Pyro's validation)")
     mcmc_kernels: tuple[str, ...] = option(KERNELS, "MCMC kernels measured", choices=KERNELS)
@@ -240,6 +245,7 @@ class BenchReport:
     machine: dict
     importance: SideBySide | None = None
     svi_overhead: SideBySide | None = None
+    grpo_overhead: SideBySide | None = None
     mcmc: tuple[SideBySide, ...] = ()
     exact: tuple[ExactSpeed, ...] = ()
     efficiency: tuple[Efficiency, ...] = ()
@@ -257,6 +263,7 @@ class BenchReport:
         doc = {
             "is_speedup_vs_pyro_importance": ratio(self.importance),
             "svi_step_over_plain_torch_step": ratio(self.svi_overhead),
+            "grpo_step_over_rloo_step": ratio(self.grpo_overhead),
             "mcmc_speedup_vs_pyro_mcmc_chains": min(mcmc.values()) if mcmc else None,
             "mcmc_speedup_vs_pyro_mcmc_chains_by_kernel": mcmc,
             "exact_sequences_per_second": {e.task: e.sequences_per_second for e in self.exact},
@@ -276,7 +283,8 @@ class BenchReport:
         return doc
 
     def _side_by_side(self) -> list[SideBySide]:
-        return [r for r in (self.importance, self.svi_overhead, *self.mcmc, self.hf) if r is not None]
+        records = (self.importance, self.svi_overhead, self.grpo_overhead, *self.mcmc, self.hf)
+        return [r for r in records if r is not None]
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
@@ -397,6 +405,49 @@ def bench_svi_overhead(
             "num_sequences": num_sequences,
             "ours": "SVITrainer(estimator='loo').step()",
             "baseline": "ReinforceTrainer.step() (RLOO)",
+        },
+    )
+
+
+def bench_grpo_overhead(
+    task, *, num_sequences: int, steps: int, repeats: int, warmup: int = 3, lr: float = 0.02, seed: int = 0
+) -> SideBySide:
+    r"""Median wall time of one ``grpo`` step over one ``rl`` (RLOO) step, both
+    :func:`~bayes_klrl.methods.make_trainer` recipes on ``task.make_policy()`` with ``num_sequences`` sequences
+    (a multiple of GRPO's group size), the steps interleaved (their order alternating); ``steps × repeats``
+    timings per side. ``ratio`` = :math:`\tilde t_\text{GRPO} / \tilde t_\text{RLOO}`.
+
+    Example::
+
+        >>> bench_grpo_overhead(task, num_sequences=64, steps=5, repeats=1).ratio > 0
+        True
+    """
+    _check_positive("steps", steps)
+    _check_positive("repeats", repeats)
+    grpo_times, rl_times = [], []
+    for i in range(repeats):
+        seed_everything(seed + i)
+        grpo = make_trainer("grpo", task, task.make_policy(), num_sequences, lr=lr)
+        rl = make_trainer("rl", task, task.make_policy(), num_sequences, lr=lr)
+        for _ in range(warmup):
+            grpo.step()
+            rl.step()
+        for k in range(steps):
+            pair = (grpo, rl) if k % 2 == 0 else (rl, grpo)
+            for trainer in pair:
+                (grpo_times if trainer is grpo else rl_times).append(_timed(trainer.step))
+    return SideBySide.from_samples(
+        "grpo_step_over_rloo_step",
+        f"GRPO step / RLOO step, N={num_sequences}",
+        "s/step",
+        grpo_times,
+        rl_times,
+        {
+            "task": task.name,
+            "policy": type(task.make_policy()).__name__,
+            "num_sequences": num_sequences,
+            "ours": "make_trainer('grpo', ...).step() (group-std advantage, k3 in the loss)",
+            "baseline": "make_trainer('rl', ...).step() (RLOO, k1 in the reward)",
         },
     )
 
@@ -613,7 +664,7 @@ def run_bench(config: BenchConfig | None = None, *, quick: bool = False, progres
     t_start = time.perf_counter()
     machine = machine_info()
     markov = load_task("markov")
-    stages = ["importance", "svi", *(f"mcmc {k}" for k in config.mcmc_kernels), "exact"]
+    stages = ["importance", "svi", "grpo", *(f"mcmc {k}" for k in config.mcmc_kernels), "exact"]
     stages += [f"efficiency {m}" for m in config.efficiency_methods] + ["hf"]
     results: dict = {"mcmc": [], "efficiency": []}
     bar = tqdm(stages, desc="bench", disable=not progress, leave=False)
@@ -630,6 +681,16 @@ def run_bench(config: BenchConfig | None = None, *, quick: bool = False, progres
             )
         elif stage == "svi":
             results["svi_overhead"] = bench_svi_overhead(
+                markov,
+                num_sequences=config.svi_num_sequences,
+                steps=config.svi_steps,
+                warmup=config.svi_warmup,
+                repeats=config.repeats,
+                lr=config.lr,
+                seed=config.seed,
+            )
+        elif stage == "grpo":
+            results["grpo_overhead"] = bench_grpo_overhead(
                 markov,
                 num_sequences=config.svi_num_sequences,
                 steps=config.svi_steps,
@@ -689,6 +750,7 @@ def run_bench(config: BenchConfig | None = None, *, quick: bool = False, progres
         machine=machine,
         importance=results.get("importance"),
         svi_overhead=results.get("svi_overhead"),
+        grpo_overhead=results.get("grpo_overhead"),
         mcmc=tuple(results["mcmc"]),
         exact=tuple(results.get("exact", ())),
         efficiency=tuple(results["efficiency"]),

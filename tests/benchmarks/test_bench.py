@@ -10,6 +10,7 @@ import pytest
 from bench import (
     BenchConfig,
     bench_exact,
+    bench_grpo_overhead,
     bench_importance,
     bench_mcmc,
     bench_sample_efficiency,
@@ -44,6 +45,7 @@ TINY = BenchConfig(
 HEADLINE_RATIOS = (
     "is_speedup_vs_pyro_importance",
     "svi_step_over_plain_torch_step",
+    "grpo_step_over_rloo_step",
     "mcmc_speedup_vs_pyro_mcmc_chains",
 )
 
@@ -75,6 +77,24 @@ def test_svi_overhead_bench_times_every_interleaved_step():
     assert len(record.ours_samples) == len(record.baseline_samples) == 6
     assert record.ratio == pytest.approx(record.ours / record.baseline)  # time over time: SVI in the numerator
     assert record.goal == ("<=", 1.5)
+
+
+def test_grpo_overhead_bench_times_every_interleaved_step():
+    task = small_markov_task()
+    record = bench_grpo_overhead(task, num_sequences=32, steps=3, repeats=2, warmup=1)
+    check_side_by_side(record, "grpo_step_over_rloo_step")
+    assert len(record.ours_samples) == len(record.baseline_samples) == 6
+    assert record.goal == ("<=", 1.2) and record.settings["num_sequences"] == 32
+
+
+def test_grpo_ratio_is_a_finite_key_of_the_figures():
+    report = run_bench(
+        dataclasses.replace(TINY, mcmc_kernels=(), exact_tasks=(), efficiency_methods=()), progress=False
+    )
+    figures = json.loads(json.dumps(report.figures()))
+    assert finite_positive(figures["grpo_step_over_rloo_step"])
+    assert figures["goals"]["grpo_step_over_rloo_step"] == "<= 1.2"
+    assert "GRPO step / RLOO step" in format_table(report)
 
 
 @pytest.mark.parametrize("kernel", ["imh", "gibbs"])
