@@ -21,7 +21,7 @@ along the frontier, which :math:`J` does not see. A run that has not settled by 
 point (Monte Carlo training; exact scoring).
 
 Writes into --out: fixed_points.csv, closed_form.csv, frontier.csv, history.csv, summary.json, recipes_kl.png,
-recipes_frontier.png.
+recipes_frontier.png and recipes_table.md (a Markdown table drawn, like the figures, from the saved data).
 
 Example (the quick settings take about a minute on 2 CPU cores; the full ones about ten)::
 
@@ -61,6 +61,10 @@ TASKS = ("bandit", "markov", "words_sentiment")
 MARKERS = {"rl": "o", "grpo": "s", "grpo_corr": "D", "drgrpo": "^"}
 #: the exact metrics saved per fixed point
 METRICS = ("kl_q_to_posterior", "kl_posterior_to_q", "expected_reward", "kl_to_prior")
+#: a fixed point "targets π*" when its KL(q‖π*) is at most this (nats): the KL goal of ``benchmarks/bench.py``.
+#: A tabular policy trained by Monte Carlo steps does not reach 0: RLOO settles near 0.02 on markov at β = 0.7
+#: with 512 sequences per step, and ``compare`` (1,024 per step) near 0.01
+TARGET_KL = 0.05
 #: KL(q‖π*) values below this are drawn at it on the log axis (float64 sums of an exact 0 reach ±1e-12)
 KL_FLOOR = 1e-5
 
@@ -80,7 +84,6 @@ class Config(Preset):
     window: int = option(5, "logged points over which a run must have stopped moving")
     rtol: float = option(0.1, "relative spread of KL(q||pi*) and KL(q||pi0) allowed over the window")
     atol: float = option(0.003, "absolute spread (nats) allowed over the window")
-    target_tolerance: float = option(0.01, "a fixed point 'targets pi*' when KL(q||pi*) is below this (nats)")
     frontier_points: int = option(80, "β values (log-spaced) tracing the Bayes frontier")
     frontier_beta_min: float = option(0.05, "smallest β of the frontier")
     frontier_beta_max: float = option(50.0, "largest β of the frontier")
@@ -95,7 +98,7 @@ class Config(Preset):
     }
 
     def __post_init__(self):
-        check_positive(self, "num_sequences", "lr", "max_steps", "log_every", "rtol", "atol", "target_tolerance")
+        check_positive(self, "num_sequences", "lr", "max_steps", "log_every", "rtol", "atol")
         check_positive(self, "frontier_points", "frontier_beta_min", "frontier_beta_max")
         check_at_least_two(self, "num_sequences", "window")
         check_choices(self, "recipes", RECIPES)
@@ -240,10 +243,6 @@ def run(config: Config, out: str | Path, *, progress: bool = False) -> dict:
     )
     write_csv(out / "frontier.csv", frontier)
     write_csv(out / "history.csv", history)
-    targets = {
-        recipe: all(p["kl_q_to_posterior"] <= config.target_tolerance for p in points if p["recipe"] == recipe)
-        for recipe in config.recipes
-    }
     return write_summary(
         out,
         config,
@@ -253,7 +252,6 @@ def run(config: Config, out: str | Path, *, progress: bool = False) -> dict:
             f"steps apart), KL(q||pi*) and KL(q||pi0) each varied by at most {config.atol:g} + {config.rtol:g}*|mean|; "
             f"else at {config.max_steps} steps with converged = False"
         ),
-        targets_posterior=targets,
         converged=f"{sum(p['converged'] for p in points)}/{len(points)}",
         wall_seconds=time.perf_counter() - t_start,
     )
@@ -277,7 +275,8 @@ def _closed_form(out: Path):
 
 
 def plot(out: str | Path) -> list[Path]:
-    """``recipes_kl.png`` and ``recipes_frontier.png`` from the saved CSV files and ``summary.json``."""
+    """``recipes_kl.png`` and ``recipes_frontier.png`` (and ``recipes_table.md``, :func:`table`) from the saved
+    CSV files and ``summary.json``."""
     out = Path(out)
     points, frontier, summary = (
         read_csv(out / "fixed_points.csv"),
@@ -287,7 +286,7 @@ def plot(out: str | Path) -> list[Path]:
     closed = _closed_form(out)
     tasks = list(dict.fromkeys(points["task"]))
     recipes = list(dict.fromkeys(points["recipe"]))
-    tolerance = summary["config"]["target_tolerance"]
+    tolerance, cfg = TARGET_KL, summary["config"]
     norm = _beta_norm(points["beta"])
     paths = []
     with style():
@@ -342,7 +341,8 @@ def plot(out: str | Path) -> list[Path]:
         labels_.append("not settled by max_steps")
         fig.legend(handles, labels_, loc="outside right center", fontsize=8.5)
         fig.suptitle(
-            f"Where each recipe settles: exact KL(q ‖ π*) of the trained tabular policy (KL below {KL_FLOOR:g} drawn at it)"
+            f"Where each recipe settles: exact KL(q ‖ π*) of the trained tabular policy ({cfg['num_sequences']} "
+            f"sequences per step, Adam lr {cfg['lr']:g}, seed {cfg['seed']}; KL below {KL_FLOOR:g} drawn at it)"
         )
         paths.append(save(fig, out / "recipes_kl.png"))
 
@@ -460,7 +460,42 @@ def plot(out: str | Path) -> list[Path]:
         fig.legend(handles=legend, loc="outside lower center", ncol=min(4, 2 * len(tasks), len(legend)), fontsize=8.5)
         fig.suptitle("The reward–KL plane: fixed points on the Bayes frontier, or below it (all coordinates exact)")
         paths.append(save(fig, out / "recipes_frontier.png"))
+    (out / "recipes_table.md").write_text(table(out), encoding="utf-8")
     return paths
+
+
+def table(out: str | Path, *, task: str = "markov", beta: float = 0.7) -> str:
+    """A Markdown table from ``fixed_points.csv``: per recipe, whether it targets π* (every settled fixed point
+    of the sweep within :data:`TARGET_KL` of π* in KL(q‖π*)), the largest KL(q‖π*) over
+    the sweep, KL(q‖π*) on ``task`` at ``beta`` and whether that run settled."""
+    out = Path(out)
+    points, tolerance = read_csv(out / "fixed_points.csv"), TARGET_KL
+    points = points.assign(settled=points["converged"].astype(str) == "True")
+    lines = [
+        f"| recipe | targets π*? (KL(q‖π*) ≤ {tolerance:g} at every settled fixed point) "
+        f"| largest KL(q‖π*) over the sweep (task, β) | KL(q‖π*) on {task} at β = {beta:g} | settled there? "
+        "| runs settled |",
+        "|---|---|---|---|---|---|",
+    ]
+    for recipe in dict.fromkeys(points["recipe"]):
+        r = points[points["recipe"] == recipe]
+        settled_runs = r[r["settled"]]
+        targets = bool(len(settled_runs)) and bool((settled_runs["kl_q_to_posterior"] <= tolerance).all())
+        answer = "yes" if targets else "no"
+        if targets and not r["settled"].all():
+            answer += " (among settled runs)"
+        worst = r.loc[r["kl_q_to_posterior"].idxmax()]
+        here = r[(r["task"] == task) & np.isclose(r["beta"], beta)]
+        if len(here):
+            h = here.iloc[0]
+            at, settled_here = f"{h['kl_q_to_posterior']:.4f}", f"{'yes' if h['settled'] else 'no'} (step {h['step']})"
+        else:
+            at, settled_here = "not run", "–"
+        lines.append(
+            f"| {label(recipe)} (`{recipe}`) | {answer} | {worst['kl_q_to_posterior']:.3f} ({worst['task']}, "
+            f"{worst['beta']:g}) | {at} | {settled_here} | {int(r['settled'].sum())}/{len(r)} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _cmap_color(cmap: str, norm: LogNorm, beta: float):

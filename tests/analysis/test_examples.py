@@ -222,6 +222,9 @@ def test_recipes_rloo_settles_on_the_posterior_and_grpo_does_not(script_output):
         assert float(r["kl_to_prior"]) > float(rl["posterior_kl_to_prior"])
     frontier = _rows(out / "frontier.csv")
     assert len(frontier) == 20 and all(float(f["kl_to_prior"]) >= 0 for f in frontier)
+    table = (out / "recipes_table.md").read_text(encoding="utf-8").splitlines()
+    assert table[2].startswith("| REINFORCE (RLOO) (`rl`) | yes |")
+    assert table[3].startswith("| GRPO (`grpo`) | no |")
 
 
 def test_report_writes_its_index(tmp_path, monkeypatch, capsys):
