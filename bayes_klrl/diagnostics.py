@@ -117,7 +117,7 @@ def importance_inference_data(task: Task, result: ImportanceResult, method: str 
         "tokens": _np(result.sequences)[None].astype(np.int64),
         "reward": _np(result.rewards)[None],
         "log_prior": _np(result.log_prior)[None],
-        "reward_over_beta": (_np(result.rewards) / task.beta)[None],
+        "reward_over_beta": _np(result.samples.log_likelihood)[None],  # r/β of the scored draws
         "log_q": _np(result.log_q)[None],
     }
     stats = {"log_weight": _np(result.log_weights)[None], "psis_log_weight": _np(result.smoothed_log_weights)[None]}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bayes_klrl import exact_elbo, exact_objective, exact_posterior, policy_metrics
-from bayes_klrl.exact import enumerate_sequences
+from bayes_klrl.exact import enumerate_sequences, exact_forward_kl, posterior_policy
 
 from .conftest import perturbed_policy, small_markov_task
 
@@ -84,3 +84,32 @@ def test_empty_posterior_is_an_error():
     task = small_markov_task().replace(reward=lambda x: torch.full((x.shape[0],), -math.inf))
     with pytest.raises(ValueError, match="no sequence has a finite reward"):
         exact_posterior(task)
+
+
+@pytest.mark.parametrize("batch_size", [5, 65_536], ids=["batched", "one-batch"])
+def test_forward_kl_matches_metrics_and_its_closed_form_gradient(batch_size):
+    """KL(π*‖q) equals policy_metrics' value, and for a tabular q its gradient is the closed form
+    ∂/∂L[h, v] = π*(h)·q(v|h) − π*(h v) (row h = prefix h, π*(h) the posterior marginal of the prefix)."""
+    task = small_markov_task(beta=0.6, seed=1)
+    post = exact_posterior(task)
+    policy = perturbed_policy(task, scale=1.0, seed=1)
+    kl = exact_forward_kl(task, policy, post, batch_size=batch_size)
+    assert float(kl.detach()) == pytest.approx(policy_metrics(task, policy, post).kl_posterior_to_q, abs=1e-10)
+    (grad,) = torch.autograd.grad(kl, policy.logits)
+    v, length = task.vocab_size, task.length
+    probs = post.log_probs.exp().reshape([v] * length)
+    q_rows = torch.softmax(policy.logits.detach().double(), -1)  # (rows, V)
+    expected, offset = [], 0
+    for t in range(length):
+        joint = probs.sum(dim=tuple(range(t + 1, length))) if t + 1 < length else probs  # marginal of x_{≤t}
+        joint = joint.reshape(v**t, v)  # (V^t prefixes h, V tokens)
+        expected.append(joint.sum(-1, keepdim=True) * q_rows[offset : offset + v**t] - joint)
+        offset += v**t
+    torch.testing.assert_close(grad.double(), torch.cat(expected), atol=GRAD_TOL, rtol=0)
+
+
+def test_forward_kl_is_zero_at_the_posterior_and_refuses_large_tasks(small_task):
+    q = posterior_policy(small_task)
+    assert float(exact_forward_kl(small_task, q).detach()) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="exact-enumeration limit"):
+        exact_forward_kl(small_task, q, max_sequences=10)

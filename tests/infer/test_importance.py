@@ -110,3 +110,20 @@ def test_nearly_constant_weights_read_as_good_whatever_khat():
     assert result.max_weight_ratio == pytest.approx(float(w.max() / w.mean()), rel=1e-9)
     assert result.max_weight_ratio < 3.0 and result.khat_label == "good"
     assert khat_label(1.2, max_weight_ratio=1.5) == "good" and khat_label(1.2, max_weight_ratio=3.5) == "unreliable"
+
+
+@pytest.mark.parametrize("proposal", ["prior", "policy"])
+def test_draws_are_one_scored_record_and_the_summary_is_weight_summary(proposal):
+    from bayes_klrl.samples import ScoredSamples, score, weight_summary
+
+    task = small_markov_task(beta=0.8, seed=0)
+    q = None if proposal == "prior" else posterior_policy(task)
+    result = importance_sample(task, q, num_samples=900, chunk_size=400, seed=1)
+    assert isinstance(result.samples, ScoredSamples) and result.samples.num_samples == 900
+    assert torch.equal(result.log_weights, result.samples.log_weight)
+    assert result.sequences is result.samples.tokens and result.rewards is result.samples.reward
+    rescored = score(task, result.sequences, log_q=task.prior if q is None else q)  # one pass, not in chunks
+    torch.testing.assert_close(result.log_weights, rescored.log_weight, atol=1e-6, rtol=0)
+    summary = weight_summary(result.log_weights)
+    assert (result.log_z, result.log_z_se, result.ess) == (summary.log_z, summary.log_z_se, summary.ess)
+    assert (result.max_weight_ratio, result.elbo) == (summary.max_weight_ratio, summary.mean_log_weight)

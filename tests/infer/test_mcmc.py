@@ -103,3 +103,20 @@ def test_bad_arguments_are_clear_errors():
     )
     with pytest.raises(ValueError, match="finite target"):
         run_mcmc(infeasible, "imh", num_chains=2, num_samples=5)
+
+
+@pytest.mark.parametrize("kernel, with_policy", [("gibbs", False), ("imh", False), ("imh", True)])
+def test_chain_state_is_a_scored_record_with_one_row_per_chain(kernel, with_policy):
+    from bayes_klrl.samples import ScoredSamples, score
+
+    task = small_markov_task(vocab_size=3, length=3, seed=0)
+    proposal = posterior_policy(task) if with_policy else None
+    k = make_kernel(task, kernel, num_chains=6, proposal=proposal, seed=2)
+    mcmc = pyro.infer.MCMC(k, num_samples=20, warmup_steps=5, disable_progbar=True)
+    mcmc.run()
+    state = k.state
+    assert isinstance(state, ScoredSamples) and state.num_samples == 6 and state.beta == task.beta
+    assert (state.log_q is not None) == with_policy  # only a policy proposal is scored
+    rescored = score(task, state.tokens, log_q=proposal)
+    torch.testing.assert_close(state.log_target, rescored.log_target)
+    assert k.info.accept_prob.shape == (6,)
