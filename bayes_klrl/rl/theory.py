@@ -48,16 +48,293 @@ viewed as Bayesian inference*.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from .recipes import GROUP_STD_EPS
+from ..exact import enumerate_sequences
+from ..lm import AutoregressiveLM
+from ..task import DEFAULT_MAX_ENUMERATION, Task
+from .recipes import GROUP_STD_EPS, PRESETS, Recipe, kl_loss_terms, learning_signal, recipe_loss
 
 __all__ = [
     "BANDIT_CLOSED_FORMS",
     "bandit_expected_gradient",
     "bandit_fixed_point",
+    "elbo_gradient",
+    "expected_kl_loss_gradient",
+    "expected_kl_reward_gradient",
+    "expected_recipe_gradient",
+    "infinite_group_advantages",
+    "k1_score_gradient",
+    "per_token_forward_kl",
+    "per_token_forward_kl_gradient",
+    "reverse_kl",
+    "reverse_kl_gradient",
 ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Expected gradients at a fixed policy, by enumeration
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Enumeration:
+    r"""Every sequence of a task, scored once under the policy (differentiable) and the prior.
+
+    ``weights`` is the sampling distribution :math:`\bar q(x)` (detached, float64) and ``token_log_q`` the
+    differentiable :math:`\log q(x_t|x_{<t})`."""
+
+    sequences: torch.Tensor  # (M, T)
+    weights: torch.Tensor  # (M,)
+    token_log_q: torch.Tensor  # (M, T)
+    token_log_prior: torch.Tensor  # (M, T)
+    rewards: torch.Tensor  # (M,)
+
+
+def _enumerate(task: Task, policy: AutoregressiveLM, max_sequences: int) -> _Enumeration:
+    if task.num_sequences > max_sequences:
+        raise ValueError(
+            f"task '{task.name}' has {task.num_sequences:,} sequences, above the enumeration limit {max_sequences:,}"
+        )
+    x = enumerate_sequences(task.vocab_size, task.length).to(policy.device)  # (M, T)
+    token_log_q = policy.token_log_probs(x)  # (M, T), differentiable
+    with torch.no_grad():
+        token_log_prior = task.prior.token_log_probs(x).to(token_log_q.device)  # (M, T)
+        rewards = task.rewards(x).to(token_log_q.device)  # (M,)
+        weights = token_log_q.detach().double().sum(-1).exp()  # (M,) q̄(x)
+    return _Enumeration(x, weights, token_log_q, token_log_prior, rewards)
+
+
+def _parameters(policy: AutoregressiveLM) -> list[torch.Tensor]:
+    params = [p for p in policy.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the policy has no parameters that require gradients")
+    return params
+
+
+def _flat_gradient(value: torch.Tensor, policy: AutoregressiveLM) -> torch.Tensor:
+    r""":math:`\nabla_\theta` value, flattened over the policy's trainable parameters, float64 ``(P,)``."""
+    params = _parameters(policy)
+    grads = torch.autograd.grad(value, params, allow_unused=True)
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).double() for p, g in zip(params, grads)])
+
+
+def expected_kl_loss_gradient(
+    task: Task,
+    policy: AutoregressiveLM,
+    estimator: str = "k3",
+    *,
+    ratio_correction: bool = False,
+    max_sequences: int = DEFAULT_MAX_ENUMERATION,
+) -> torch.Tensor:
+    r"""Exact expected gradient ``(P,)`` of an in-loss KL term, on-policy:
+    :math:`\sum_x \bar q(x)\,\nabla_\theta\sum_t k_t(x)` (times :math:`q_t/q^{\text{old}}_t` with the ratio
+    correction), the per-token terms being :func:`~bayes_klrl.rl.recipes.kl_loss_terms` itself.
+
+    It is what the loss term :math:`+\beta\sum_t k_t` of a recipe descends, divided by :math:`\beta` (and without the
+    :math:`1/|x|` normalization). Expected values: 0 (k1), :func:`per_token_forward_kl_gradient` (k3),
+    :func:`k1_score_gradient` (k2, and k3 with the ratio correction).
+
+    Example::
+
+        >>> expected_kl_loss_gradient(task, policy, "k1").abs().max() < 1e-6   # k1 in the loss: no KL gradient
+        tensor(True)
+    """
+    e = _enumerate(task, policy, max_sequences)
+    old = e.token_log_q.detach() if ratio_correction else None  # on-policy: q_old = q in value
+    terms = kl_loss_terms(e.token_log_q, e.token_log_prior, estimator, old_token_log_q=old)  # (M, T)
+    return _flat_gradient((e.weights * terms.double().sum(-1)).sum(), policy)
+
+
+def expected_kl_reward_gradient(
+    task: Task, policy: AutoregressiveLM, *, beta: float | None = None, max_sequences: int = DEFAULT_MAX_ENUMERATION
+) -> torch.Tensor:
+    r"""Exact expected score-function gradient ``(P,)`` with the KL in the reward (RLOO, infinite batch):
+
+    .. math:: \mathbb{E}_{\bar q}\big[(R - \mathbb{E}_{\bar q}R)\,\nabla\log q(x)\big],
+        \qquad R = r - \beta\textstyle\sum_t k1_t,
+
+    :math:`R` from :func:`~bayes_klrl.rl.recipes.learning_signal`. An ascent direction; it equals
+    :math:`\nabla J = \beta\nabla\mathrm{ELBO}` (the baseline does not change the expectation).
+
+    Example::
+
+        >>> torch.allclose(expected_kl_reward_gradient(task, policy), task.beta * elbo_gradient(task, policy))
+        True
+    """
+    beta = task.beta if beta is None else beta
+    e = _enumerate(task, policy, max_sequences)
+    signal = learning_signal(e.rewards, e.token_log_q, e.token_log_prior, beta, PRESETS["rl"]).double()  # (M,)
+    centred = signal - (e.weights * signal).sum()
+    return _flat_gradient((e.weights * centred * e.token_log_q.double().sum(-1)).sum(), policy)
+
+
+def infinite_group_advantages(signal: torch.Tensor, weights: torch.Tensor, kind: str) -> torch.Tensor:
+    r"""The limit ``(M,)`` of a recipe's advantages as the group (or batch) grows, under sampling weights ``(M,)``.
+
+    ``loo`` and ``group``: :math:`A = R - \mathbb{E}_{\bar q}R`; ``group-std``:
+    :math:`A = (R - \mathbb{E}_{\bar q}R)/(\sigma_{\bar q}(R) + \epsilon)`. (A finite group of :math:`G` scales the
+    group-centred advantage's expectation by :math:`(G-1)/G`; the standardized one has no such closed form.)
+
+    Example::
+
+        >>> infinite_group_advantages(torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.5]), "group")
+        tensor([-0.5000,  0.5000])
+    """
+    centred = signal - (weights * signal).sum()
+    if kind in ("loo", "group"):
+        return centred
+    if kind == "group-std":
+        return centred / ((weights * centred**2).sum().sqrt() + GROUP_STD_EPS)
+    raise ValueError(f"unknown advantage {kind!r}")
+
+
+def expected_recipe_gradient(
+    task: Task,
+    policy: AutoregressiveLM,
+    recipe: Recipe | str,
+    *,
+    beta: float | None = None,
+    max_sequences: int = DEFAULT_MAX_ENUMERATION,
+) -> torch.Tensor:
+    r"""Exact expected gradient ``(P,)`` of :func:`~bayes_klrl.rl.recipes.recipe_loss` on a batch's first update,
+    in the limit of infinite batches and groups (advantages from :func:`infinite_group_advantages`):
+    :math:`\sum_x \bar q(x)\,\nabla\ell_{\text{recipe}}(x)`, each sequence's loss computed by ``recipe_loss``
+    itself. A descent direction: zero at the recipe's fixed point.
+
+    Example::
+
+        >>> g = expected_recipe_gradient(task, policy, "rl")     # = −∇J
+    """
+    recipe = PRESETS[recipe] if isinstance(recipe, str) else recipe
+    beta = task.beta if beta is None else beta
+    e = _enumerate(task, policy, max_sequences)
+    old = e.token_log_q.detach()
+    signal = learning_signal(e.rewards, old, e.token_log_prior, beta, recipe).double()  # (M,)
+    advantage = infinite_group_advantages(signal, e.weights, recipe.advantage).to(old.dtype)  # (M,)
+    total = torch.zeros((), dtype=torch.float64, device=old.device)
+    for i in range(e.sequences.shape[0]):  # recipe_loss averages over its batch: one sequence at a time
+        s = slice(i, i + 1)
+        loss = recipe_loss(e.token_log_q[s], old[s], e.token_log_prior[s], advantage[s], beta, recipe)
+        total = total + e.weights[i] * loss.double()
+    return _flat_gradient(total, policy)
+
+
+def elbo_gradient(
+    task: Task, policy: AutoregressiveLM, *, max_sequences: int = DEFAULT_MAX_ENUMERATION
+) -> torch.Tensor:
+    r""":math:`\nabla_\theta\mathrm{ELBO}(q)` ``(P,)`` by enumeration (:func:`~bayes_klrl.exact.exact_elbo`).
+
+    Example::
+
+        >>> g = task.beta * elbo_gradient(task, policy)      # ∇J
+    """
+    from ..exact import exact_elbo
+
+    return _flat_gradient(exact_elbo(task, policy, max_sequences=max_sequences), policy)
+
+
+def reverse_kl(task: Task, policy: AutoregressiveLM, *, max_sequences: int = DEFAULT_MAX_ENUMERATION) -> torch.Tensor:
+    r""":math:`\mathrm{KL}(q\|\pi_0) = \sum_x q(x)\log(q(x)/\pi_0(x))`, differentiable in every factor (float64).
+
+    Example::
+
+        >>> reverse_kl(task, task.make_policy()).item()     # the policy starts at the prior
+        0.0
+    """
+    e = _enumerate(task, policy, max_sequences)
+    log_q = e.token_log_q.double().sum(-1)  # (M,)
+    return (log_q.exp() * (log_q - e.token_log_prior.double().sum(-1))).sum()
+
+
+def reverse_kl_gradient(
+    task: Task, policy: AutoregressiveLM, *, max_sequences: int = DEFAULT_MAX_ENUMERATION
+) -> torch.Tensor:
+    r""":math:`\nabla_\theta\mathrm{KL}(q\|\pi_0)` ``(P,)``
+    :math:`= \sum_t\mathbb{E}_q[(\sum_{s\ge t}k1_s)\nabla\log q(x_t|x_{<t})]`.
+
+    Example::
+
+        >>> g = reverse_kl_gradient(task, policy)
+    """
+    return _flat_gradient(reverse_kl(task, policy, max_sequences=max_sequences), policy)
+
+
+def per_token_forward_kl(
+    task: Task, policy: AutoregressiveLM, *, max_sequences: int = DEFAULT_MAX_ENUMERATION
+) -> torch.Tensor:
+    r"""The per-token forward KL that k3 in the loss descends, with the prefix distribution held fixed (float64):
+
+    .. math::
+
+        F(q) = \sum_{t=1}^{T}\sum_{x_{<t}} \bar q(x_{<t})\,
+            \mathrm{KL}\big(\pi_0(\cdot|x_{<t})\,\|\,q(\cdot|x_{<t})\big).
+
+    Differentiable through the next-token distributions :math:`q(\cdot|x_{<t})` only; the prefix weights
+    :math:`\bar q(x_{<t}) = \prod_{s<t} q(x_s|x_{<s})` are **detached**. Its gradient
+    :math:`\sum_t \mathbb{E}_{x_{<t}\sim\bar q}[\nabla\mathrm{KL}(\pi_0(\cdot|x_{<t})\|q(\cdot|x_{<t}))]` is what
+    :math:`\mathbb{E}_q[\nabla\sum_t k3_t]` equals; the gradient of the same sum with the prefix weights live would
+    add :math:`\sum_t\mathbb{E}[\mathrm{KL}_t(x_{<t})\sum_{s<t}\nabla\log q(x_s|x_{<s})]`, which no in-loss k3
+    estimates. Enumerates all :math:`\sum_{t<T} V^t` prefixes.
+
+    Example::
+
+        >>> per_token_forward_kl(task, task.make_policy()).item()     # q = π0: zero
+        0.0
+    """
+    if task.num_sequences > max_sequences:
+        raise ValueError(
+            f"task '{task.name}' has {task.num_sequences:,} sequences, above the enumeration limit {max_sequences:,}"
+        )
+    total = torch.zeros((), dtype=torch.float64)
+    for t in range(task.length):
+        prefixes = enumerate_sequences(task.vocab_size, t).to(policy.device)  # (V^t, t)
+        log_q_next = torch.log_softmax(policy.next_token_logits(prefixes).double(), -1)  # (V^t, V)
+        with torch.no_grad():
+            log_p0_next = torch.log_softmax(task.prior.next_token_logits(prefixes).double(), -1)  # (V^t, V)
+            if t == 0:
+                prefix_weights = torch.ones(1, dtype=torch.float64, device=log_q_next.device)
+            else:
+                prefix_weights = policy.log_prob(prefixes).double().exp()  # (V^t,) q̄(x_<t), detached
+        kl = (log_p0_next.exp() * (log_p0_next - log_q_next)).sum(-1)  # (V^t,) KL(π0(·|x<t) ‖ q(·|x<t))
+        total = total + (prefix_weights * kl).sum().cpu()
+    return total
+
+
+def per_token_forward_kl_gradient(
+    task: Task, policy: AutoregressiveLM, *, max_sequences: int = DEFAULT_MAX_ENUMERATION
+) -> torch.Tensor:
+    r""":math:`\nabla_\theta F` ``(P,)`` of :func:`per_token_forward_kl` (prefix weights detached).
+
+    Example::
+
+        >>> torch.allclose(per_token_forward_kl_gradient(task, policy), expected_kl_loss_gradient(task, policy, "k3"))
+        True
+    """
+    return _flat_gradient(per_token_forward_kl(task, policy, max_sequences=max_sequences), policy)
+
+
+def k1_score_gradient(
+    task: Task, policy: AutoregressiveLM, *, max_sequences: int = DEFAULT_MAX_ENUMERATION
+) -> torch.Tensor:
+    r""":math:`\sum_t\mathbb{E}_{\bar q}[k1_t\,\nabla\log q(x_t|x_{<t})]` ``(P,)``, :math:`k1_t` not differentiated:
+    the expected gradient of ratio-corrected k3 and of k2 in the loss. Unlike :func:`reverse_kl_gradient` it
+    credits token :math:`t` with its own :math:`k1_t` only, not with the later :math:`k1_s`, :math:`s > t`.
+
+    Example::
+
+        >>> g = k1_score_gradient(task, policy)
+    """
+    e = _enumerate(task, policy, max_sequences)
+    k1 = (e.token_log_q.detach() - e.token_log_prior).double()  # (M, T)
+    return _flat_gradient((e.weights[:, None] * k1 * e.token_log_q.double()).sum(), policy)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bandit (T = 1) fixed points in closed form, infinite groups
+# ---------------------------------------------------------------------------------------------------------------
 
 #: the recipes whose infinite-group bandit fixed point :func:`bandit_fixed_point` knows
 BANDIT_CLOSED_FORMS = ("rl", "grpo", "drgrpo", "grpo_corr")
