@@ -23,7 +23,8 @@ point (Monte Carlo training; exact scoring).
 Writes into --out: fixed_points.csv, closed_form.csv, frontier.csv, history.csv, summary.json, recipes_kl.png,
 recipes_frontier.png and recipes_table.md (a Markdown table drawn, like the figures, from the saved data).
 
-Example (the quick settings take about a minute on 2 CPU cores; the full ones about ten)::
+Example (the quick settings take about 20 s of CPU, the full ones about 5 minutes: 2 and 18 minutes of wall time
+on a shared 2-core machine at load 14)::
 
     python analysis/recipes.py --quick --out runs/report/recipes
 
