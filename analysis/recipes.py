@@ -465,18 +465,34 @@ def plot(out: str | Path) -> list[Path]:
     return paths
 
 
+def drift(history, window: int, rtol: float, atol: float) -> str:
+    r"""Whether a run's KL(q‖π*) still moves between its last two windows of logged points: ``"↓"`` (towards π*)
+    or ``"↑"`` when the means of the last ``window`` points and of the ``window`` before differ by more than
+    ``atol + rtol·|mean|`` (a slow trend that :func:`settled`, which looks at one window, lets through), else ``""``."""
+    kl = np.asarray(history["kl_q_to_posterior"], dtype=float)
+    if len(kl) < 2 * window:
+        return ""
+    last, before = kl[-window:].mean(), kl[-2 * window : -window].mean()
+    if abs(last - before) <= atol + rtol * abs(last):
+        return ""
+    return "↓" if last < before else "↑"
+
+
 def table(out: str | Path, *, task: str = "markov", beta: float = 0.7) -> str:
     """A Markdown table from ``fixed_points.csv``: per recipe, whether it targets π* (every settled fixed point
     of the sweep within :data:`TARGET_KL` of π* in KL(q‖π*)), the largest KL(q‖π*) over
     the sweep, KL(q‖π*) on ``task`` at ``beta`` and whether that run settled."""
     out = Path(out)
     points, tolerance = read_csv(out / "fixed_points.csv"), TARGET_KL
+    history, cfg = read_csv(out / "history.csv"), read_json(out / "summary.json")["config"]
+    runs = history.groupby(["task", "beta", "recipe"], sort=False)
+    moving = {key: drift(h, cfg["window"], cfg["rtol"], cfg["atol"]) for key, h in runs}
     points = points.assign(settled=points["converged"].astype(str) == "True")
     lines = [
         f"| recipe | targets π*? (KL(q‖π*) ≤ {tolerance:g} at every settled fixed point) "
         f"| largest KL(q‖π*) over the sweep (task, β) | KL(q‖π*) on {task} at β = {beta:g} | settled there? "
-        "| runs settled |",
-        "|---|---|---|---|---|---|",
+        "| runs settled | settled runs whose KL(q‖π*) still moved between the last two windows (↓ towards π*) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for recipe in dict.fromkeys(points["recipe"]):
         r = points[points["recipe"] == recipe]
@@ -486,6 +502,8 @@ def table(out: str | Path, *, task: str = "markov", beta: float = 0.7) -> str:
         if targets and not r["settled"].all():
             answer += " (among settled runs)"
         worst = r.loc[r["kl_q_to_posterior"].idxmax()]
+        keys = zip(r["task"], r["beta"], r["settled"])
+        drifts = [f"{t} {b:g} {moving[(t, b, recipe)]}" for t, b, s in keys if s and moving[(t, b, recipe)]]
         here = r[(r["task"] == task) & np.isclose(r["beta"], beta)]
         if len(here):
             h = here.iloc[0]
@@ -494,7 +512,8 @@ def table(out: str | Path, *, task: str = "markov", beta: float = 0.7) -> str:
             at, settled_here = "not run", "–"
         lines.append(
             f"| {label(recipe)} (`{recipe}`) | {answer} | {worst['kl_q_to_posterior']:.3f} ({worst['task']}, "
-            f"{worst['beta']:g}) | {at} | {settled_here} | {int(r['settled'].sum())}/{len(r)} |"
+            f"{worst['beta']:g}) | {at} | {settled_here} | {int(r['settled'].sum())}/{len(r)} "
+            f"| {len(drifts)}{': ' + ', '.join(drifts) if drifts else ''} |"
         )
     return "\n".join(lines) + "\n"
 
