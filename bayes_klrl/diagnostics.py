@@ -46,6 +46,7 @@ __all__ = [
     "load_netcdf",
     "mcmc_inference_data",
     "save_netcdf",
+    "reading_notes",
     "scalar_diagnostics",
 ]
 
@@ -176,3 +177,30 @@ def load_netcdf(path: str | os.PathLike) -> az.InferenceData:
     if not path.is_file():
         raise FileNotFoundError(f"no InferenceData file at {path}")
     return az.from_netcdf(path)
+
+
+def reading_notes(rows: list[dict]) -> list[str]:
+    """One line of advice per comparison row whose diagnostics say its figures should not be trusted yet:
+    MCMC chains with R-hat above :data:`RHAT_MAX`, or a policy whose k-hat reads ``unreliable`` as a proposal
+    for the posterior.
+
+    Example::
+
+        >>> reading_notes([{"method": "mcmc", "rhat": 1.2, "kernel": "gibbs"}])[0][:27]
+        'note: mcmc R-hat 1.200 > 1.0'
+    """
+    notes = []
+    for row in rows:
+        rhat = row.get("rhat")
+        if rhat is not None and rhat > RHAT_MAX:
+            other = "imh" if row.get("kernel") == "gibbs" else "gibbs"
+            notes.append(
+                f"note: {row['method']} R-hat {rhat:.3f} > {RHAT_MAX}: the chains disagree, so its figures are not "
+                f"reliable yet; run longer (--draws, --warmup) or try --mcmc-kernel {other}"
+            )
+        if row.get("khat_label") == "unreliable" and row["method"] != "is":
+            notes.append(
+                f"note: {row['method']} k-hat {row['khat']:.2f} with ESS {row['ess']:.3f}: the policy is not yet a "
+                "reliable importance proposal for the posterior (train longer, or read its KL where it is exact)"
+            )
+    return notes
