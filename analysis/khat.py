@@ -1,4 +1,4 @@
-r"""The PSIS :math:`\hat k` of the SVI and RL policies as importance proposals for π*, over training.
+r"""The PSIS k̂ of the SVI and RL policies as importance proposals for π*, over training.
 
 Trains SVI and REINFORCE on several enumerable tasks; at every logged step draws ``--khat-samples`` sequences
 from the policy and records the Pareto :math:`\hat k` of the weights :math:`w = \pi_0 e^{r/\beta} / q`, the
