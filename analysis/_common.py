@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bayes_klrl.lm import AutoregressiveLM, CategoricalLM
+from bayes_klrl.lm import AutoregressiveLM
 from bayes_klrl.methods import make_trainer
 from bayes_klrl.modelfile import load_task
 from bayes_klrl.storage import write_json
 from bayes_klrl.task import Task
+from bayes_klrl.tasks.two_modes import two_modes_task  # noqa: F401  (re-exported for the experiments)
 from bayes_klrl.training import FitResult, fit
 
 __all__ = [
@@ -110,34 +111,6 @@ def sequence_labels(task: Task, sequences: torch.Tensor) -> list[str]:
     if task.decode is not None:
         return list(task.decode(sequences.cpu()))
     return [" ".join(str(int(t)) for t in row) for row in sequences.cpu()]
-
-
-def two_modes_task(beta: float = 0.35, vocab_size: int = 4, length: int = 6, tilt: float = 0.15) -> Task:
-    r"""A small enumerable task whose posterior has two separated modes.
-
-    Prior: i.i.d. tokens, :math:`\pi_0(x) = \prod_t \mathrm{softmax}(\ell)_{x_t}` with :math:`\ell = (\text{tilt},
-    0, \dots, 0)`. Reward: :math:`r(x) = \max(\#\{t: x_t = 0\}, \#\{t: x_t = V-1\})`, high for sequences that
-    stay with token 0 or with token V−1. With the defaults (V = 4, T = 6, 4,096 sequences, β = 0.35) the
-    posterior puts 0.56 of its mass within one token of ``0 0 0 0 0 0`` (mode A), 0.25 within one token of
-    ``3 3 3 3 3 3`` (mode B) and 0.19 elsewhere.
-
-    Example::
-
-        >>> task = two_modes_task()
-        >>> exact_posterior(task).top_k(2)[0]
-        tensor([[0, 0, 0, 0, 0, 0],
-                [3, 3, 3, 3, 3, 3]])
-    """
-    if vocab_size < 2:
-        raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
-    last = vocab_size - 1
-
-    def reward(x: torch.Tensor) -> torch.Tensor:
-        return torch.maximum((x == 0).sum(-1), (x == last).sum(-1)).to(torch.get_default_dtype())
-
-    logits = torch.zeros(vocab_size)
-    logits[0] = tilt
-    return Task(prior=CategoricalLM(logits), reward=reward, beta=beta, length=length, name="two_modes")
 
 
 # -- saving ------------------------------------------------------------------------------------------------------

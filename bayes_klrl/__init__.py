@@ -2,30 +2,79 @@ r"""bayes_klrl: KL-regularized RL as Bayesian inference.
 
 The target of KL-regularized RL, :math:`\pi^*(x) = \pi_0(x)\,e^{r(x)/\beta}/Z`, is the posterior of a
 probabilistic program with prior :math:`\pi_0` and likelihood :math:`e^{r(x)/\beta}`; the RL objective is
-β times its ELBO. This package writes that program in Pyro and compares SVI, RL, importance sampling and
-MCMC against exact posteriors.
+β times its ELBO. This package writes that program in Pyro and compares SVI, RL (and the recipes practitioners
+run: GRPO, Dr. GRPO …), importance sampling and MCMC against exact posteriors.
+
+Example::
+
+    >>> import bayes_klrl as bk
+    >>> task = bk.load_task("markov")
+    >>> result = bk.fit(bk.ReinforceTrainer(task, task.make_policy(), 1024), steps=300, seed=0)
+    >>> bk.policy_metrics(task, result.policy).kl_q_to_posterior < 0.1
+    True
 """
 
-from .exact import ExactPosterior, PolicyMetrics, exact_elbo, exact_objective, exact_posterior, policy_metrics
+from .compare import CompareConfig, Comparison, run_compare, save_comparison
+from .exact import (
+    ExactPosterior,
+    PolicyMetrics,
+    exact_elbo,
+    exact_forward_kl,
+    exact_objective,
+    exact_posterior,
+    policy_metrics,
+)
+from .infer.importance import ImportanceResult, importance_sample
+from .infer.mcmc import MCMCResult, run_mcmc
+from .infer.svi import SVITrainer
 from .lm import AutoregressiveLM, CategoricalLM, MarkovLM, TabularPolicy
+from .methods import METHODS, Row, make_trainer
+from .modelfile import load_task
+from .rl import DPGTrainer, PPOTrainer, ReinforceTrainer
+from .rl.recipes import PRESETS, Recipe
+from .samples import ScoredSamples, WeightSummary, score, weight_summary
 from .task import RewardError, Task
-from .training import FitResult, fit
+from .training import FitResult, Trainer, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "METHODS",
+    "PRESETS",
     "AutoregressiveLM",
     "CategoricalLM",
+    "CompareConfig",
+    "Comparison",
+    "DPGTrainer",
     "ExactPosterior",
     "FitResult",
+    "ImportanceResult",
+    "MCMCResult",
     "MarkovLM",
+    "PPOTrainer",
     "PolicyMetrics",
+    "Recipe",
+    "ReinforceTrainer",
     "RewardError",
+    "Row",
+    "SVITrainer",
+    "ScoredSamples",
     "TabularPolicy",
     "Task",
+    "Trainer",
+    "WeightSummary",
     "exact_elbo",
+    "exact_forward_kl",
     "exact_objective",
     "exact_posterior",
     "fit",
+    "importance_sample",
+    "load_task",
+    "make_trainer",
     "policy_metrics",
+    "run_compare",
+    "run_mcmc",
+    "save_comparison",
+    "score",
+    "weight_summary",
 ]

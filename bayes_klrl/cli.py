@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="keyword passed to the model file's task(), e.g. --set length=4 (repeatable)",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default: runs/compare)")
+    p.add_argument("--out", default="runs/compare", help="output folder (default: runs/compare)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_config_arguments(p.add_argument_group("comparison settings"), CompareConfig, skip=("max_enumeration",))
 

@@ -63,7 +63,7 @@ def _kl_estimators() -> tuple[str, ...]:
 class CompareConfig:
     """Settings of a comparison; each field's help is the ``compare`` command line's help."""
 
-    methods: tuple[str, ...] = option(("exact", "svi", "rl"), "methods to run, in order", choices=_method_names)
+    methods: tuple[str, ...] = option(("exact", "svi", "rl", "grpo"), "methods to run, in order", choices=_method_names)
     steps: int = option(1500, "optimizer steps of each trained method")
     num_sequences: int = option(1024, "sequences (and reward evaluations) per step, the same for every method")
     lr: float = option(0.02, "Adam learning rate of every trained method")
@@ -199,7 +199,9 @@ def prepare_output(out: str | Path) -> Path:
     return out
 
 
-def run_compare(task: Task, config: CompareConfig, *, checkpoint_dir: str | Path | None = None, progress: bool = False) -> Comparison:
+def run_compare(
+    task: Task, config: CompareConfig, *, checkpoint_dir: str | Path | None = None, progress: bool = False
+) -> Comparison:
     """Run ``config.methods`` on ``task`` in order; trained methods checkpoint into ``checkpoint_dir/<method>``.
 
     Example::

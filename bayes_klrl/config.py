@@ -95,8 +95,8 @@ def add_config_arguments(
 
     Flags default to ``None`` ("not given"); the help shows the dataclass default and, with ``presets``
     (e.g. ``{"quick": cls.QUICK}``), each preset's value. Booleans become ``--flag/--no-flag``; tuples are
-    comma-separated names; ``X | None`` accepts ``none``. Choices are checked by argparse, element-wise for
-    tuples.
+    comma-separated names (their choices listed in the help and checked by the config); ``X | None`` accepts
+    ``none``. Other choices are checked by argparse.
     """
     skip = set(skip)
     for field in dataclasses.fields(config_class):
@@ -114,9 +114,11 @@ def add_config_arguments(
         kwargs: dict[str, Any] = {"dest": field.name, "default": None, "help": help_text}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif kind == "names":
-            kwargs["type"] = _names_type(field.name, choices)
+        elif kind == "names":  # checked by the config itself, whose error names every unknown entry
+            kwargs["type"] = parse_names
             kwargs["metavar"] = "A,B,..."
+            if choices is not None:
+                kwargs["help"] = help_text.replace(" (default:", f"; from {','.join(choices)} (default:", 1)
         else:
             convert = {int: int, float: float}.get(kind, str)
             if optional and convert is float:
@@ -125,21 +127,6 @@ def add_config_arguments(
             if choices is not None:
                 kwargs["choices"] = choices
         parser.add_argument(flag, **kwargs)
-
-
-def _names_type(name: str, choices: tuple[str, ...] | None):
-    def parse(text: str) -> tuple[str, ...]:
-        names = parse_names(text)
-        if choices is not None:
-            unknown = [n for n in names if n not in choices]
-            if unknown:
-                raise argparse.ArgumentTypeError(
-                    f"unknown {name.replace('_', ' ')} {', '.join(unknown)}; choose from {', '.join(choices)}"
-                )
-        return names
-
-    parse.__name__ = name  # argparse names the type in its own error messages
-    return parse
 
 
 def given_options(config_class: type, args: argparse.Namespace) -> dict:

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import arviz as az
 import numpy as np
 import torch
 
@@ -37,6 +37,9 @@ from .infer.importance import ImportanceResult
 from .infer.mcmc import MCMCResult
 from .storage import atomic_write
 from .task import Task
+
+if TYPE_CHECKING:  # arviz loads matplotlib and pandas: imported only where InferenceData is built or read
+    import arviz as az
 
 __all__ = [
     "RHAT_MAX",
@@ -75,6 +78,8 @@ def _attrs(task: Task, method: str, weighted: bool, **extra) -> dict:
 
 
 def _from_dict(posterior: dict, sample_stats: dict, attrs: dict) -> az.InferenceData:
+    import arviz as az
+
     idata = az.from_dict(
         posterior=posterior,
         sample_stats=sample_stats,
@@ -147,6 +152,8 @@ def diagnostics_table(idata: az.InferenceData, var_names=SCALAR_SUMMARIES):
     if not present:
         raise ValueError(f"none of {', '.join(var_names)} is in the posterior group")
     with np.errstate(invalid="ignore", divide="ignore"):
+        import arviz as az
+
         return az.summary(idata, var_names=present, kind="diagnostics", round_to="none")
 
 
@@ -176,6 +183,8 @@ def load_netcdf(path: str | os.PathLike) -> az.InferenceData:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no InferenceData file at {path}")
+    import arviz as az
+
     return az.from_netcdf(path)
 
 

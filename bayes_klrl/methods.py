@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .exact import ExactPosterior, policy_metrics
 from .lm import AutoregressiveLM
 from .task import Task
@@ -167,7 +165,7 @@ class Method(ABC):
     def run(self, context: RunContext) -> MethodResult:
         """Run on ``context.task``; return the row and draws, write nothing (checkpoints aside)."""
 
-    def check(self, config: Any) -> None:
+    def check(self, config: Any) -> None:  # noqa: B027 (a no-op hook, as in Pyro's MCMCKernel)
         """Refuse settings this method cannot run with (hook; called for every method before any runs)."""
 
 
@@ -226,7 +224,7 @@ def score_policy(
 ) -> tuple[dict, Any]:
     r"""A policy's row columns and its draws: exact divergences when ``posterior`` is given, and always
     importance sampling with the policy as the proposal for :math:`\pi^*` (:math:`\hat Z`, ESS, :math:`\hat k`).
-    Without a posterior, ELBO, :math:`\mathbb{E}_q[r]` and :math:`\mathrm{KL}(q\|\pi_0) = \mathbb{E}_q[r/\beta - \log w]`
+    Without a posterior, ELBO, :math:`\mathbb{E}_q[r]` and :math:`\mathrm{KL}(q\|\pi_0) = \mathbb{E}_q[\log q - \log\pi_0]`
     are Monte Carlo averages over the same draws.
 
     :returns: ``(columns, importance_result)``.
@@ -246,15 +244,13 @@ def score_policy(
             expected_reward=m.expected_reward,
             kl_to_prior=m.kl_to_prior,
         )
-    else:  # E_q[log w] = ELBO(q); E_q[r]; KL(q‖π0) = E_q[r/β − log w]
-        finite = torch.isfinite(imp.log_weights)
+    else:  # E_q[log w] = ELBO(q); E_q[r]; KL(q‖π0)
+        draws = imp.samples
         columns.update(
             scored=MONTE_CARLO,
             elbo=imp.elbo,
-            expected_reward=float(imp.rewards.mean()),
-            kl_to_prior=float((imp.rewards[finite] / task.beta - imp.log_weights[finite]).mean())
-            if bool(finite.all())
-            else None,
+            expected_reward=float(draws.reward.mean()),
+            kl_to_prior=float((draws.log_q - draws.log_prior).mean()),  # KL(q‖π0) = E_q[log q − log π0]
         )
     return columns, imp
 
@@ -313,7 +309,11 @@ class TrainedMethod(Method):
 
         def evaluate(policy: AutoregressiveLM) -> dict:  # exact learning curves
             m = policy_metrics(task, policy, posterior)
-            return {"exact_elbo": m.elbo, "kl_q_to_posterior": m.kl_q_to_posterior, "expected_reward": m.expected_reward}
+            return {
+                "exact_elbo": m.elbo,
+                "kl_q_to_posterior": m.kl_q_to_posterior,
+                "expected_reward": m.expected_reward,
+            }
 
         checkpoint_dir = context.checkpoint_dir / self.name if context.checkpoint_dir is not None else None
         result = fit(
@@ -370,7 +370,9 @@ class ExactMethod(Method):
     def run(self, context: RunContext) -> MethodResult:
         posterior, task = context.posterior, context.task
         if posterior is None:
-            raise ValueError(f"method 'exact' needs an enumerable task; '{task.name}' has {task.num_sequences:,} sequences")
+            raise ValueError(
+                f"method 'exact' needs an enumerable task; '{task.name}' has {task.num_sequences:,} sequences"
+            )
         row = Row(
             method=self.name,
             scored=EXACT,
@@ -545,7 +547,9 @@ def _recipe(name: str, label: str, description: str, **changes) -> TrainedMethod
 
 
 register(ExactMethod())
-register(TrainedMethod("svi", "SVI (Pyro)", "stochastic variational inference, the policy as guide", _svi, ("estimator",)))
+register(
+    TrainedMethod("svi", "SVI (Pyro)", "stochastic variational inference, the policy as guide", _svi, ("estimator",))
+)
 register(_recipe("rl", "REINFORCE (RLOO)", "REINFORCE, k1 KL in the reward, leave-one-out baseline (RLOO)"))
 register(
     TrainedMethod(
@@ -561,7 +565,12 @@ register(_recipe("grpo_corr", "GRPO + ratio correction", "GRPO with the in-loss 
 register(_recipe("drgrpo", "Dr. GRPO", "Dr. GRPO: group-centred advantage, k3 KL in the loss, constant normalization"))
 register(TrainedMethod("dpg", "DPG", "distributional policy gradient: forward KL(pi*||q)", _dpg))
 register(
-    _recipe("rl_no_kl", "REINFORCE without KL", "plain reward maximization (no KL term): collapses onto argmax r", kl_in="none")
+    _recipe(
+        "rl_no_kl",
+        "REINFORCE without KL",
+        "plain reward maximization (no KL term): collapses onto argmax r",
+        kl_in="none",
+    )
 )
 register(
     TrainedMethod(

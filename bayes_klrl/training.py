@@ -116,7 +116,9 @@ def _load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, empty, not a torch file, or pickled objects beyond plain data
-        raise ValueError(f"checkpoint {path} cannot be read ({type(exc).__name__}); delete it or use a new --out") from exc
+        raise ValueError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}); delete it or use a new --out"
+        ) from exc
     needed = ("method", "step", "trainer", "rng", "python_rng", "wall_seconds", "history")
     if not isinstance(state, dict) or any(k not in state for k in needed):
         raise ValueError(f"checkpoint {path} is not a checkpoint of this version of bayes_klrl; use a new --out")

@@ -262,3 +262,36 @@ def test_compare_imports_the_model_file_once(tmp_path):
     )
     assert main(["compare", str(path), "--methods", "exact", "--out", str(tmp_path / "o")]) == 0
     assert log.read_text().splitlines() == ["imported"]
+
+
+def test_unusable_out_is_refused_before_any_training(user_model, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    argv = ["compare", str(user_model), "--methods", "exact,svi", "--steps", "100000", "--out", str(a_file)]
+    assert main(argv) == 2  # 100,000 SVI steps would take minutes: the folder is checked first
+    err = capsys.readouterr().err.strip()
+    assert "is a file, not a folder" in err and len(err.splitlines()) == 1
+    assert main(["compare", str(user_model), "--out", ""]) == 2
+    assert "--out is empty" in capsys.readouterr().err
+
+
+def test_beta_given_twice_is_refused(user_model, tmp_path, capsys):
+    argv = ["compare", str(user_model), "--beta", "0.9", "--set", "beta=0.3", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "--beta and --set beta" in capsys.readouterr().err
+
+
+def test_recipe_flags_override_the_preset_and_are_recorded(user_model, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["compare", str(user_model), "--methods", "exact,grpo", "--steps", "2", "--num-sequences", "16"]
+    assert main([*argv, "--group-size", "4", "--kl-estimator", "k2", "--out", str(out), "--no-progress"]) == 0
+    (row,) = [r for r in json.loads((out / "metrics.json").read_text())["methods"] if r["method"] == "grpo"]
+    assert row["group_size"] == 4 and row["kl_estimator"] == "k2" and row["advantage"] == "group-std"
+
+
+@pytest.mark.parametrize("command", ["report", "bench"])
+def test_report_and_bench_run_the_checkout_scripts(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "--quick" in capsys.readouterr().out

@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import arviz as az
 import numpy as np
 import torch
 
@@ -118,6 +117,8 @@ def pareto_khat(log_weights: torch.Tensor) -> tuple[float, torch.Tensor]:
         smoothed[finite] = -math.log(tail.size)
         return -math.inf, smoothed
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # the GPD fit overflows on light tails
+        import arviz as az  # imported here: arviz loads matplotlib and pandas
+
         lw, khat = az.psislw(tail)
     smoothed[finite] = torch.from_numpy(np.asarray(lw, dtype=np.float64))
     khat = float(np.asarray(khat))

@@ -50,6 +50,7 @@ import math
 import torch
 
 from ..lm import AutoregressiveLM
+from ..samples import score, weight_summary
 from ..task import Task
 from ..training import Trainer
 
@@ -169,17 +170,12 @@ class DPGTrainer(Trainer):
         proposal = self._proposal_lm()
         x = proposal.sample(self.num_sequences, task.length)  # (N, T)
         log_q = self.policy.log_prob(x)  # (N,) differentiable
-        with torch.no_grad():
-            log_prior = task.prior.log_prob(x).double()  # (N,)
-            r = task.rewards(x).double()
-            log_target = log_prior + r / task.beta  # log P(x)
-            if self.proposal == "policy":
-                log_proposal = log_q.detach().double()
-            elif self.proposal == "prior":
-                log_proposal = log_prior
-            else:
-                log_proposal = proposal.log_prob(x).double()
-            log_w = log_target - log_proposal  # (N,)
+        if self.proposal == "policy":
+            scored = score(task, x, log_q=log_q.detach())
+        else:
+            scored = score(task, x, log_q=task.prior if self.proposal == "prior" else proposal)
+        r, log_target, log_proposal = scored.reward, scored.log_target, scored.log_q
+        log_w = scored.log_weight  # (N,) log P(x) − log q'(x)
         # every batch mean of w is an unbiased estimate of Z, whatever the proposal was: pool them
         self._log_w_sum = float(torch.logaddexp(torch.tensor(self._log_w_sum).double(), torch.logsumexp(log_w, 0)))
         self._num_weights += log_w.numel()
@@ -196,15 +192,13 @@ class DPGTrainer(Trainer):
         loss.backward()
         self.optimizer.step()
         with torch.no_grad():
-            n = log_w.numel()
-            log_z_hat = torch.logsumexp(log_w, 0) - math.log(n)
+            summary = weight_summary(log_w)
             w_bar = torch.softmax(log_w, 0)  # (N,)
-            w = torch.exp(log_w - log_w.max())
             gap = torch.where(finite, log_target - log_q.detach().double(), torch.zeros_like(log_w))
             stats.update(
-                log_z_estimate=float(log_z_hat),
-                ess=float(w.sum() ** 2 / (n * (w**2).sum())),
-                forward_kl_estimate=float((w_bar * gap).sum() - log_z_hat),  # Σ w̄ log(P/q) − log Ẑ
+                log_z_estimate=summary.log_z,
+                ess=summary.ess,
+                forward_kl_estimate=float((w_bar * gap).sum()) - summary.log_z,  # Σ w̄ log(P/q) − log Ẑ
             )
             if self.proposal == "refresh":
                 new_log_q = self.policy.log_prob(x).double()

@@ -232,7 +232,9 @@ def recipe_loss(
         per_token = -ratio * advantage[:, None]
     if recipe.kl_in == "loss":
         old = old_token_log_q if recipe.kl_ratio_correction else None
-        per_token = per_token + beta * kl_loss_terms(token_log_q, token_log_prior, recipe.kl_estimator, old_token_log_q=old)
+        per_token = per_token + beta * kl_loss_terms(
+            token_log_q, token_log_prior, recipe.kl_estimator, old_token_log_q=old
+        )
     per_sequence = per_token.sum(-1)
     if recipe.normalization == "sequence":
         per_sequence = per_sequence / token_log_q.shape[-1]

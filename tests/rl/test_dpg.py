@@ -105,7 +105,7 @@ def test_unigram_policy_reaches_the_moment_matching_optimum():
     """For i.i.d. tokens the forward-KL optimum is closed-form: the token marginals of π* averaged over positions."""
     from bayes_klrl import CategoricalLM
     from bayes_klrl.exact import enumerate_sequences
-    from bayes_klrl.report import two_modes_task
+    from bayes_klrl.tasks.two_modes import two_modes_task
 
     task = two_modes_task()
     posterior = exact_posterior(task)

@@ -82,4 +82,4 @@ def test_bad_settings():
     with pytest.raises(ValueError, match="num_sequences must be >= 2"):
         ReinforceTrainer(task, task.make_policy(), 1)
     with pytest.raises(ValueError, match="unknown KL estimator"):
-        PPOTrainer(task, task.make_policy(), 16, kl_estimator="k2")
+        PPOTrainer(task, task.make_policy(), 16, kl_estimator="k4")
