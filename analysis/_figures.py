@@ -83,9 +83,6 @@ FALLBACK_COLORS = ("#17becf", "#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78", "#c5b0
 
 #: legend names of what is not a trained method of :data:`bayes_klrl.methods.METHODS`
 NAMES = {
-    "exact": "exact π* (enumeration)",
-    "is": "importance sampling, prior proposal",
-    "mcmc": "MCMC",
     "gibbs": "single-site Gibbs",
     "imh": "independence MH, prior proposal",
     "prior": "the prior π0",

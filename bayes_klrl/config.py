@@ -76,12 +76,13 @@ def _field_type(cls: type, field: dataclasses.Field):
         (hint,) = [a for a in args if a is not type(None)] or (str,)
     origin = typing.get_origin(hint)
     if origin is tuple or hint is tuple:
-        return "names", optional
+        (element, *_) = typing.get_args(hint) or (str,)
+        return (element if element in (int, float) else "names"), optional, True
     if isinstance(hint, type) and issubclass(hint, bool):
-        return bool, optional
+        return bool, optional, False
     if origin in (types.UnionType, typing.Union):
-        return str, optional
-    return hint, optional
+        return str, optional, False
+    return hint, optional, False
 
 
 def add_config_arguments(
@@ -102,7 +103,7 @@ def add_config_arguments(
     for field in dataclasses.fields(config_class):
         if field.name in skip or not field.init:
             continue
-        kind, optional = _field_type(config_class, field)
+        kind, optional, is_tuple = _field_type(config_class, field)
         choices = choices_of(field)
         flag = f"--{field.name.replace('_', '-')}"
         default = field.default
@@ -114,6 +115,9 @@ def add_config_arguments(
         kwargs: dict[str, Any] = {"dest": field.name, "default": None, "help": help_text}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif is_tuple and kind in (int, float):
+            kwargs["type"] = _numbers_type(kind)
+            kwargs["metavar"] = "X,Y,..."
         elif kind == "names":  # checked by the config itself, whose error names every unknown entry
             kwargs["type"] = parse_names
             kwargs["metavar"] = "A,B,..."
@@ -127,6 +131,14 @@ def add_config_arguments(
             if choices is not None:
                 kwargs["choices"] = choices
         parser.add_argument(flag, **kwargs)
+
+
+def _numbers_type(element: type):
+    def parse(text: str) -> tuple:
+        return tuple(element(v) for v in parse_names(text))
+
+    parse.__name__ = element.__name__  # argparse names the type in its error messages
+    return parse
 
 
 def given_options(config_class: type, args: argparse.Namespace) -> dict:

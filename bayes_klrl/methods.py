@@ -364,7 +364,7 @@ class TrainedMethod(Method):
 
 
 class ExactMethod(Method):
-    name, label, kind = "exact", "exact posterior", "exact"
+    name, label, kind = "exact", "exact π* (enumeration)", "exact"
     description = "the posterior by enumerating all V^T sequences (the reference row)"
 
     def run(self, context: RunContext) -> MethodResult:
@@ -390,7 +390,7 @@ class ExactMethod(Method):
 
 
 class ImportanceMethod(Method):
-    name, label = "is", "importance sampling (prior)"
+    name, label = "is", "importance sampling, prior proposal"
     description = "self-normalized importance sampling, the prior as proposal, on a trained method's reward budget"
 
     def run(self, context: RunContext) -> MethodResult:

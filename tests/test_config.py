@@ -92,3 +92,16 @@ def test_mutable_default_is_refused():
 def test_compare_config_refuses_bad_settings_before_any_run(changes, message):
     with pytest.raises(ValueError, match=message):
         CompareConfig(**changes)
+
+
+def test_number_tuples_parse_their_elements():
+    @dataclass(frozen=True)
+    class Sweep:
+        betas: tuple[float, ...] = option((0.5,), "betas")
+        seeds: tuple[int, ...] = option((0,), "seeds")
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, Sweep)
+    assert config_from_args(Sweep, parser.parse_args(["--betas", "0.3,0.7", "--seeds", "1,2"])) == Sweep((0.3, 0.7), (1, 2))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--seeds", "1,x"])
