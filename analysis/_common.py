@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bayes_klrl.config import add_config_arguments, config_from_args
 from bayes_klrl.lm import AutoregressiveLM
 from bayes_klrl.methods import make_trainer
 from bayes_klrl.modelfile import load_task
@@ -73,6 +74,21 @@ def script_parser(doc: str, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--plot-only", action="store_true", help="only redraw the figure from the data in --out")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
+
+
+def experiment_main(module, argv: list[str] | None = None) -> int:
+    """The whole command line of an experiment script ``module`` (its ``__doc__``, ``NAME``, ``Config`` with a
+    ``QUICK`` preset, ``run`` and ``plot``): parse once, train and save the data (unless ``--plot-only``), then
+    draw from the saved files only and print the figures' paths."""
+    parser = script_parser(module.__doc__, module.NAME)
+    add_config_arguments(parser, module.Config, presets={"quick": module.Config.QUICK})
+    args = parser.parse_args(argv)
+    config = config_from_args(module.Config, args, base=module.Config.QUICK if args.quick else None)
+    if not args.plot_only:
+        module.run(config, args.out, progress=not args.no_progress)
+    for path in module.plot(args.out):
+        print(path)
+    return 0
 
 
 # -- tasks and training ------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ Example (the quick settings take well under a minute on 2 CPU cores)::
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +27,10 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from _common import check_at_least_two, check_positive, fit_copy, load, script_parser, write_summary
+from _common import check_at_least_two, check_positive, experiment_main, fit_copy, load, write_summary
 from _figures import band, color, figure, label, log_y, read_csv, read_json, save, seeds_note, style
 
-from bayes_klrl.config import Preset, add_config_arguments, config_from_args, option
+from bayes_klrl.config import Preset, option
 from bayes_klrl.exact import exact_elbo, exact_objective, exact_posterior, policy_metrics
 from bayes_klrl.infer.svi import gradient_variance
 from bayes_klrl.lm import AutoregressiveLM
@@ -228,15 +229,7 @@ def plot(out: str | Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = script_parser(__doc__, NAME)
-    add_config_arguments(parser, Config, presets={"quick": Config.QUICK})
-    args = parser.parse_args(argv)
-    config = config_from_args(Config, args, base=Config.QUICK if args.quick else None)
-    if not args.plot_only:  # train and measure, writing the data files; then draw from the saved files only
-        run(config, args.out, progress=not args.no_progress)
-    for path in plot(args.out):
-        print(path)
-    return 0
+    return experiment_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

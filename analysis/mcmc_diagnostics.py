@@ -17,6 +17,7 @@ Example (the quick settings take well under a minute on 2 CPU cores)::
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,10 +27,10 @@ from typing import ClassVar
 import arviz as az
 import matplotlib
 import numpy as np
-from _common import check_choices, check_positive, load, script_parser, write_summary
+from _common import check_choices, check_positive, experiment_main, load, write_summary
 from _figures import figure, label, read_csv, read_json, save, style
 
-from bayes_klrl.config import Preset, add_config_arguments, config_from_args, option
+from bayes_klrl.config import Preset, option
 from bayes_klrl.diagnostics import RHAT_MAX, load_netcdf, mcmc_inference_data, save_netcdf
 from bayes_klrl.exact import exact_posterior
 from bayes_klrl.infer.mcmc import run_mcmc, total_variation
@@ -175,15 +176,7 @@ def plot(out: str | Path, variable: str = "log_target") -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = script_parser(__doc__, NAME)
-    add_config_arguments(parser, Config, presets={"quick": Config.QUICK})
-    args = parser.parse_args(argv)
-    config = config_from_args(Config, args, base=Config.QUICK if args.quick else None)
-    if not args.plot_only:  # run the chains, writing the data files; then draw from the saved files only
-        run(config, args.out, progress=not args.no_progress)
-    for path in plot(args.out):
-        print(path)
-    return 0
+    return experiment_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

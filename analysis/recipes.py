@@ -35,6 +35,7 @@ on a shared 2-core machine at load 14)::
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,13 +43,20 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from _common import check_at_least_two, check_choices, check_positive, load, script_parser, write_summary
+from _common import (
+    check_at_least_two,
+    check_choices,
+    check_positive,
+    experiment_main,
+    load,
+    write_summary,
+)
 from _figures import color, figure, label, read_csv, read_json, save, style
 from matplotlib.colors import LogNorm
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from bayes_klrl.config import Preset, add_config_arguments, config_from_args, option
+from bayes_klrl.config import Preset, option
 from bayes_klrl.exact import ExactPosterior, exact_posterior, policy_metrics
 from bayes_klrl.lm import AutoregressiveLM
 from bayes_klrl.methods import make_trainer
@@ -512,15 +520,7 @@ def _cmap_color(cmap: str, norm: LogNorm, beta: float):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = script_parser(__doc__, NAME)
-    add_config_arguments(parser, Config, presets={"quick": Config.QUICK})
-    args = parser.parse_args(argv)
-    config = config_from_args(Config, args, base=Config.QUICK if args.quick else None)
-    if not args.plot_only:  # train and measure, writing the data files; then draw from the saved files only
-        run(config, args.out, progress=not args.no_progress)
-    for path in plot(args.out):
-        print(path)
-    return 0
+    return experiment_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":
