@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from .lm import AutoregressiveLM, TabularPolicy
-from .samples import score, sequences_from_codes
+from .samples import score
+from .sequences import sequences_from_codes
 from .task import DEFAULT_MAX_ENUMERATION, Task
 
 __all__ = [

@@ -15,10 +15,9 @@ from bayes_klrl.samples import (
     ScoredSamples,
     WeightSummary,
     score,
-    sequence_codes,
-    sequences_from_codes,
     weight_summary,
 )
+from bayes_klrl.sequences import sequence_codes, sequences_from_codes
 
 from .conftest import perturbed_policy, small_markov_task
 

@@ -49,7 +49,8 @@ from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
 from ..lm import AutoregressiveLM, sample_categorical
 from ..model import model as klrl_model
-from ..samples import ScoredSamples, score, sequence_codes
+from ..samples import ScoredSamples, score
+from ..sequences import sequence_codes
 from ..task import Task
 
 __all__ = [

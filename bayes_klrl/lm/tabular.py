@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..samples import sequence_codes, sequences_from_codes
+from ..sequences import sequence_codes, sequences_from_codes
 from .base import AutoregressiveLM
 
 __all__ = ["TabularPolicy", "num_prefixes"]
