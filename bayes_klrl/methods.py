@@ -58,8 +58,9 @@ def _column(help: str):
 
 @dataclass(frozen=True)
 class Row:
-    """One method's line of ``metrics.json`` / ``metrics.csv``. ``None`` means "not applicable or not computed";
-    a divergence that is infinite (a policy with mass outside a hard constraint's support) is ``inf``.
+    """One method's line of ``metrics.json`` / ``metrics.csv``. ``None`` (JSON ``null``) means "not applicable or
+    not computed"; an infinite value is a result, written ``"inf"`` / ``"-inf"`` in JSON and ``inf`` in CSV (e.g.
+    KL(q‖π*) of a policy with mass outside a hard constraint's support, whose ELBO is ``-inf``).
 
     The shared figures (``elbo`` … ``kl_to_prior``) are exact sums over all sequences when ``scored`` is
     ``"exact"`` and Monte Carlo estimates when it is ``"monte carlo"``; the importance-sampling and MCMC

@@ -52,12 +52,25 @@ def _write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, writer)
 
 
+#: how a JSON file spells the floats JSON cannot hold; ``null`` is kept for "not computed"
+NON_FINITE = {math.inf: "inf", -math.inf: "-inf"}
+
+
 def json_safe(value):
-    """Replace non-finite floats (which JSON cannot hold) by ``None``, recursively; tensors become lists."""
+    """Make ``value`` JSON-ready, recursively: tensors become lists, ``±inf`` the strings ``"inf"``/``"-inf"``
+    (an infinite divergence is a result, distinct from ``null`` = not computed) and NaN ``"nan"``.
+
+    Example::
+
+        >>> json_safe({"kl": float("inf"), "elbo": None})
+        {'kl': 'inf', 'elbo': None}
+    """
     if isinstance(value, torch.Tensor):
         value = value.tolist()
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        if math.isnan(value):
+            return "nan"
+        return NON_FINITE.get(value, value)
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -66,7 +79,7 @@ def json_safe(value):
 
 
 def write_json(path: str | Path, data) -> Path:
-    """Write ``data`` as indented JSON, atomically; ±inf and NaN become ``null``."""
+    """Write ``data`` as indented JSON, atomically; ±inf and NaN become ``"inf"``, ``"-inf"``, ``"nan"``."""
     return _write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
 
 

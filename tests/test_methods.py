@@ -67,3 +67,14 @@ def test_run_compare_writes_nothing_and_save_comparison_writes_every_file(tmp_pa
     names = {p.name for p in tmp_path.iterdir()}
     assert {"metrics.json", "metrics.csv", "history_rl.csv", "history_grpo.csv", "rl.nc", "grpo.nc", "is.nc"} <= names
     assert comparison.fits["rl"].steps == 4 and torch.is_tensor(next(comparison.fits["rl"].policy.parameters()))
+
+
+def test_infinite_figures_stay_distinct_from_not_computed(tmp_path):
+    import json
+
+    from bayes_klrl.storage import write_json
+
+    row = Row(method="rl", elbo=-math.inf, kl_q_to_posterior=math.inf, kl_posterior_to_q=None)
+    record = json.loads(write_json(tmp_path / "m.json", row.to_dict()).read_text())
+    assert record["elbo"] == "-inf" and record["kl_q_to_posterior"] == "inf" and record["kl_posterior_to_q"] is None
+    assert float(record["kl_q_to_posterior"]) == math.inf  # float() reads the spelling back
