@@ -183,9 +183,9 @@ class Comparison:
 
 def prepare_output(out: str | Path) -> Path:
     """Create the output folder and check it is writable, before any long work (a ValueError names the problem)."""
-    out = Path(out)
     if str(out).strip() == "":
         raise ValueError("--out is empty; give an output folder")
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
     try:
