@@ -91,11 +91,12 @@ def _script_main(name: str):
             f"'bayes-klrl {name}' runs {relative} from the repository checkout, which this installation does not "
             "have; clone the repository and install it with pip install -e '.[figures]'"
         )
-    root = str(path.parents[1])
-    if root not in sys.path:
-        sys.path.insert(0, root)  # the script imports its neighbours (analysis._common, …)
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # as `python analysis/report.py` would: the script imports its neighbours
     spec = importlib.util.spec_from_file_location(f"_bayes_klrl_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     return module.main
 

@@ -58,17 +58,17 @@ def test_resume_without_checkpoint_is_an_error(small_task, tmp_path):
         )
 
 
-def test_write_json_is_atomic_and_maps_infinities_to_null(tmp_path):
+def test_write_json_is_atomic_and_spells_infinities_apart_from_null(tmp_path):
     path = tmp_path / "m.json"
-    write_json(path, {"a": float("inf"), "b": [1.0, float("nan")]})
-    assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None]}
+    write_json(path, {"a": float("inf"), "b": [1.0, float("nan")], "c": None})
+    assert json.loads(path.read_text()) == {"a": "inf", "b": [1.0, "nan"], "c": None}
 
     class Unserializable:
         pass
 
     with pytest.raises(TypeError):
         write_json(path, {"a": Unserializable()})
-    assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None]}  # the old file is intact
+    assert json.loads(path.read_text()) == {"a": "inf", "b": [1.0, "nan"], "c": None}  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temporary left behind
 
 
@@ -102,4 +102,4 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         from bayes_klrl.modelfile import load_task
 
         config = CompareConfig(methods=("rl",), steps=8, num_sequences=8, lr=0.05, resume=True)
-        run_compare(load_task(model), config, tmp_path / "o")
+        run_compare(load_task(model), config, checkpoint_dir=tmp_path / "o")
