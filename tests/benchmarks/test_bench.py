@@ -128,7 +128,6 @@ def test_sample_efficiency_reports_a_miss_as_none():
     assert e.evaluations == (None,) and e.median is None and e.reached == 0 and e.final_kl[0] > 1e-9
 
 
-@pytest.mark.slow
 def test_run_bench_figures_have_every_key_finite_and_positive():
     report = run_bench(TINY, progress=False)
     figures = json.loads(json.dumps(report.figures()))  # JSON-serializable as it stands
@@ -161,7 +160,6 @@ def test_real_lm_figure_is_skipped_cleanly_without_the_extra():
     assert "skipped" in format_table(report)
 
 
-@pytest.mark.slow
 def test_bench_command_writes_json_and_prints_the_table(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(BenchConfig, "QUICK", dataclasses.asdict(TINY))
     path = tmp_path / "out" / "bench.json"
