@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,11 +85,21 @@ def experiment_main(module, argv: list[str] | None = None) -> int:
     add_config_arguments(parser, module.Config, presets={"quick": module.Config.QUICK})
     args = parser.parse_args(argv)
     config = config_from_args(module.Config, args, base=module.Config.QUICK if args.quick else None)
+    if args.plot_only and not has_saved_data(args.out):
+        print(
+            f"{module.NAME}: error: --plot-only but no saved data in {args.out}; run without it first", file=sys.stderr
+        )
+        return 2
     if not args.plot_only:
         module.run(config, args.out, progress=not args.no_progress)
     for path in module.plot(args.out):
         print(path)
     return 0
+
+
+def has_saved_data(out: str | Path) -> bool:
+    """Whether ``out`` holds an experiment's saved data (every experiment writes its ``summary.json`` last)."""
+    return (Path(out) / "summary.json").is_file()
 
 
 # -- tasks and training ------------------------------------------------------------------------------------------

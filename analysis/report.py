@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+from _common import has_saved_data
+
 from bayes_klrl.config import parse_names
 from bayes_klrl.storage import write_json
 
@@ -56,6 +58,8 @@ def run_experiment(module: ModuleType, config, out: str | Path, *, progress: boo
     :returns: ``{"figures": [...], "data": [...], "seconds": ...}`` with paths relative to ``out``.
     """
     out = Path(out)
+    if plot_only and not has_saved_data(out):
+        raise ValueError(f"--plot-only but no saved data in {out}; run {module.NAME} without it first")
     t0 = time.perf_counter()
     if not plot_only:
         module.run(config, out, progress=progress)
@@ -126,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return report(args)
+    try:
+        return report(args)
+    except ValueError as exc:
+        print(f"report: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

