@@ -367,6 +367,37 @@ def bench_importance(task, *, num_samples: int, pyro_samples: int, repeats: int,
     )
 
 
+def _interleaved_step_times(
+    task,
+    ours: str,
+    baseline: str,
+    *,
+    num_sequences: int,
+    steps: int,
+    repeats: int,
+    warmup: int,
+    lr: float,
+    seed: int,
+    **ours_options,
+) -> tuple[list[float], list[float]]:
+    """Wall times of single steps of two registered trainers on the same task and batch size, their steps
+    interleaved (the order alternating), after ``warmup`` untimed steps each; ``steps × repeats`` per side."""
+    _check_positive("steps", steps)
+    _check_positive("repeats", repeats)
+    ours_times, baseline_times = [], []
+    for i in range(repeats):
+        seed_everything(seed + i)
+        a = make_trainer(ours, task, task.make_policy(), num_sequences, lr=lr, **ours_options)
+        b = make_trainer(baseline, task, task.make_policy(), num_sequences, lr=lr)
+        for _ in range(warmup):
+            a.step()
+            b.step()
+        for k in range(steps):
+            for trainer in (a, b) if k % 2 == 0 else (b, a):
+                (ours_times if trainer is a else baseline_times).append(_timed(trainer.step))
+    return ours_times, baseline_times
+
+
 def bench_svi_overhead(
     task, *, num_sequences: int, steps: int, repeats: int, warmup: int = 3, lr: float = 0.02, seed: int = 0
 ) -> SideBySide:
@@ -379,20 +410,18 @@ def bench_svi_overhead(
         >>> bench_svi_overhead(task, num_sequences=64, steps=5, repeats=1).ratio > 0
         True
     """
-    _check_positive("steps", steps)
-    _check_positive("repeats", repeats)
-    svi_times, rl_times = [], []
-    for i in range(repeats):
-        seed_everything(seed + i)
-        svi = make_trainer("svi", task, task.make_policy(), num_sequences, lr=lr, estimator="loo")
-        rl = make_trainer("rl", task, task.make_policy(), num_sequences, lr=lr)
-        for _ in range(warmup):
-            svi.step()
-            rl.step()
-        for k in range(steps):
-            pair = (svi, rl) if k % 2 == 0 else (rl, svi)
-            for trainer in pair:
-                (svi_times if trainer is svi else rl_times).append(_timed(trainer.step))
+    svi_times, rl_times = _interleaved_step_times(
+        task,
+        "svi",
+        "rl",
+        num_sequences=num_sequences,
+        steps=steps,
+        repeats=repeats,
+        warmup=warmup,
+        lr=lr,
+        seed=seed,
+        estimator="loo",
+    )
     return SideBySide.from_samples(
         "svi_step_over_plain_torch_step",
         f"SVI step / REINFORCE step, N={num_sequences}",
@@ -422,20 +451,9 @@ def bench_grpo_overhead(
         >>> bench_grpo_overhead(task, num_sequences=64, steps=5, repeats=1).ratio > 0
         True
     """
-    _check_positive("steps", steps)
-    _check_positive("repeats", repeats)
-    grpo_times, rl_times = [], []
-    for i in range(repeats):
-        seed_everything(seed + i)
-        grpo = make_trainer("grpo", task, task.make_policy(), num_sequences, lr=lr)
-        rl = make_trainer("rl", task, task.make_policy(), num_sequences, lr=lr)
-        for _ in range(warmup):
-            grpo.step()
-            rl.step()
-        for k in range(steps):
-            pair = (grpo, rl) if k % 2 == 0 else (rl, grpo)
-            for trainer in pair:
-                (grpo_times if trainer is grpo else rl_times).append(_timed(trainer.step))
+    grpo_times, rl_times = _interleaved_step_times(
+        task, "grpo", "rl", num_sequences=num_sequences, steps=steps, repeats=repeats, warmup=warmup, lr=lr, seed=seed
+    )
     return SideBySide.from_samples(
         "grpo_step_over_rloo_step",
         f"GRPO step / RLOO step, N={num_sequences}",
