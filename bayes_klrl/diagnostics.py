@@ -6,11 +6,12 @@ Each method's draws become an InferenceData of the same shape:
   ``reward`` :math:`r(x)`, ``log_prior`` :math:`\log\pi_0(x)`, ``reward_over_beta`` :math:`r(x)/\beta` (the
   log-likelihood of the program; not named ``log_likelihood``, which ArviZ reserves for its own group) and,
   where a proposal or policy drew them, ``log_q`` :math:`\log q(x)`;
-- ``sample_stats``: per draw, ``accept_prob`` (MCMC) or ``log_weight`` and the PSIS-smoothed, normalized
-  ``psis_log_weight`` (importance sampling and policies: the draws come from :math:`q`, not from
-  :math:`\pi^*`; weight them by :math:`w = \pi_0 e^{r/\beta}/q` before reading them as posterior draws);
-- ``attrs``: ``method``, ``task``, ``beta``, ``vocab_size``, ``length``, and ``weighted`` (``1`` when the
-  posterior group holds proposal draws to be reweighted).
+- ``sample_stats`` (MCMC): per draw ``accept_prob`` and ``moved``;
+- importance sampling and policies: ``posterior`` holds the draws resampled in proportion to their weights
+  (equally weighted, as ArviZ reads that group), ``log_likelihood`` their :math:`r/\beta`, and the group
+  ``proposal`` the weighted draws as :math:`q` made them with ``log_weight`` and ``psis_log_weight``;
+- ``attrs``: ``method``, ``task``, ``beta``, ``vocab_size``, ``length``, and ``weighted`` (``0`` for a group
+  ArviZ may read as equally weighted draws; ``1`` only on the ``proposal`` group).
 
 Only MCMC draws are correlated draws of :math:`\pi^*` in several chains; :func:`diagnostics_table` gives their
 R-hat, bulk and tail ESS and MCSE. :func:`save_netcdf` writes atomically, so a reader never sees half a file.
@@ -83,6 +84,7 @@ def _from_dict(posterior: dict, sample_stats: dict, attrs: dict) -> az.Inference
     idata = az.from_dict(
         posterior=posterior,
         sample_stats=sample_stats,
+        log_likelihood={"reward": posterior["reward_over_beta"]},  # log p(y=1 | x) = r(x)/β, for az.loo
         dims={"tokens": ["position"]},
         coords={"position": np.arange(attrs["length"])},
     )
@@ -112,34 +114,61 @@ def mcmc_inference_data(task: Task, result: MCMCResult) -> az.InferenceData:
 
 
 def importance_inference_data(task: Task, result: ImportanceResult, method: str = "is") -> az.InferenceData:
-    """Importance-sampling draws from the proposal (one chain) with their log weights, as InferenceData.
+    r"""Importance sampling as InferenceData whose ``posterior`` group ArviZ may read as equally weighted draws.
+
+    - ``posterior`` (one chain): the draws *resampled* in proportion to their weights
+      :math:`w = \pi_0 e^{r/\beta}/q` (sampling-importance-resampling), so ``az.summary`` estimates posterior
+      means; repeated draws make ArviZ's ESS optimistic, so read the importance ESS in ``attrs["ess"]``;
+    - ``log_likelihood``: ``reward`` :math:`= r/\beta` of those draws (the log-likelihood of the program);
+    - ``proposal`` (a group of this package): the draws as the proposal :math:`q` made them, with
+      ``log_weight`` and the PSIS-smoothed, normalized ``psis_log_weight``: weighted draws, never in ``posterior``.
 
     Used for the ``is`` method (proposal: the prior) and for a trained policy (``method`` its name), whose
-    draws and weights :math:`\\pi_0 e^{r/\\beta}/q` give its Pareto :math:`\\hat k`.
+    draws and weights give its Pareto :math:`\hat k`.
     """
+    import arviz as az
+    import xarray as xr
+
     if result.sequences.shape[-1] != task.length:
         raise ValueError(f"the draws have length {result.sequences.shape[-1]}; the task has length {task.length}")
+    samples, idx = result.samples, result.resample_index.cpu()
+    drawn = samples[idx]  # (N,) equally weighted draws of the posterior estimate
     posterior = {
-        "tokens": _np(result.sequences)[None].astype(np.int64),
-        "reward": _np(result.rewards)[None],
-        "log_prior": _np(result.log_prior)[None],
-        "reward_over_beta": _np(result.samples.log_likelihood)[None],  # r/β of the scored draws
-        "log_q": _np(result.log_q)[None],
+        "tokens": _np(drawn.tokens)[None].astype(np.int64),
+        "reward": _np(drawn.reward)[None],
+        "log_prior": _np(drawn.log_prior)[None],
+        "reward_over_beta": _np(drawn.log_likelihood)[None],
+        "log_q": _np(drawn.log_q)[None],
     }
-    stats = {"log_weight": _np(result.log_weights)[None], "psis_log_weight": _np(result.smoothed_log_weights)[None]}
-    return _from_dict(
-        posterior,
-        stats,
-        _attrs(
-            task,
-            method,
-            True,
-            khat=result.khat,
-            max_weight_ratio=result.max_weight_ratio,
-            log_z=result.log_z,
-            ess=result.ess,
-        ),
+    attrs = _attrs(
+        task,
+        method,
+        False,
+        khat=result.khat,
+        max_weight_ratio=result.max_weight_ratio,
+        log_z=result.log_z,
+        importance_ess=result.ess,
     )
+    idata = az.from_dict(
+        posterior=posterior,
+        log_likelihood={"reward": posterior["reward_over_beta"]},
+        dims={"tokens": ["position"]},
+        coords={"position": np.arange(task.length)},
+    )
+    proposal = {
+        "tokens": (("chain", "draw", "position"), _np(samples.tokens)[None].astype(np.int64)),
+        "reward": (("chain", "draw"), _np(samples.reward)[None]),
+        "log_prior": (("chain", "draw"), _np(samples.log_prior)[None]),
+        "reward_over_beta": (("chain", "draw"), _np(samples.log_likelihood)[None]),
+        "log_q": (("chain", "draw"), _np(samples.log_q)[None]),
+        "log_weight": (("chain", "draw"), _np(result.log_weights)[None]),
+        "psis_log_weight": (("chain", "draw"), _np(result.smoothed_log_weights)[None]),
+    }
+    idata.add_groups({"proposal": xr.Dataset(proposal, coords={"position": np.arange(task.length)})})
+    for group in idata.groups():
+        idata[group].attrs.update(attrs)
+    idata.proposal.attrs["weighted"] = 1
+    return idata
 
 
 def diagnostics_table(idata: az.InferenceData, var_names=SCALAR_SUMMARIES):

@@ -184,6 +184,7 @@ class ImportanceResult:
         (``tokens`` ``(N, T)``; ``log_prior``, ``reward``, ``log_q``, float64 ``(N,)``).
     :ivar smoothed_log_weights: PSIS-smoothed, normalized log-weights, float64 ``(N,)``.
     :ivar resampled: ``N`` sequences resampled (multinomially) in proportion to the weights ``(N, T)``.
+    :ivar resample_index: which draw each resampled sequence is, LongTensor ``(N,)``.
 
     ``sequences``, ``log_weights``, ``rewards``, ``log_prior`` and ``log_q`` read the record.
     """
@@ -201,6 +202,7 @@ class ImportanceResult:
     log_weights: torch.Tensor
     smoothed_log_weights: torch.Tensor
     resampled: torch.Tensor
+    resample_index: torch.Tensor
 
     @property
     def num_samples(self) -> int:
@@ -310,6 +312,7 @@ def importance_sample(
         log_weights=log_w,
         smoothed_log_weights=smoothed,
         resampled=samples.tokens[idx],
+        resample_index=idx,
     )
 
 
