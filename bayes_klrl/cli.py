@@ -13,6 +13,7 @@ import argparse
 import ast
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
@@ -119,6 +120,8 @@ def _compare(args) -> int:
     used = [k for k in from_file if k not in given]
     if used:
         print("model file defaults: " + ", ".join(f"{k}={from_file[k]}" for k in used))
+    for note in unused_option_notes(config, given):
+        print(note)
     out = prepare_output(args.out)  # an unusable folder is found before any training
     enumerable = f"{task.num_sequences:,} sequences, enumerable" if task.is_enumerable() else "not enumerable"
     print(f"task {task.name}: V={task.vocab_size}, T={task.length}, beta={task.beta:g} ({enumerable})")
@@ -136,6 +139,22 @@ def _compare(args) -> int:
         print(note)
     print(f"wrote {out / 'metrics.json'}")
     return 0
+
+
+def unused_option_notes(config, given: dict) -> list[str]:
+    """One line per option given on the command line that none of the chosen methods reads."""
+    from .methods import METHODS
+
+    readers: dict[str, list[str]] = {}
+    for name, method in METHODS.items():
+        for option in method.options:
+            readers.setdefault(option, []).append(name)
+    notes = []
+    for option in given:
+        if option in readers and not set(readers[option]) & set(config.methods):
+            flag = "--" + option.replace("_", "-")
+            notes.append(f"note: {flag} applies to {', '.join(readers[option])}, none of which is in --methods; ignored")
+    return notes
 
 
 def _tasks(args) -> int:
@@ -159,6 +178,7 @@ def _tasks(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")  # its refactor notice, not for users
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in SCRIPTS:  # the script parses its own options (and prints its own --help)

@@ -238,25 +238,44 @@ def run_compare(
 
 def save_comparison(comparison: Comparison, out: str | Path) -> Path:
     """Write ``metrics.json``, ``metrics.csv``, ``history_<method>.csv`` and ``<method>.nc`` into ``out``
-    (each atomically); files of methods not in this comparison are left as they are. Returns ``out``."""
+    (each atomically), and list them in ``metrics.json`` (``files``). Files that an earlier comparison in the same
+    folder listed and this one does not rewrite are removed, so the folder never mixes two runs' results (nothing
+    else in the folder is touched; checkpoints stay for ``--resume``). Returns ``out``."""
     from .diagnostics import save_netcdf
 
     out = prepare_output(out)
+    written = []
     for name, result in comparison.results.items():
         if result.fit is not None:
-            write_csv(out / f"history_{name}.csv", result.fit.history)
+            written.append(write_csv(out / f"history_{name}.csv", result.fit.history).name)
         if result.inference_data is not None:
-            save_netcdf(result.inference_data, out / f"{name}.nc")
-    write_json(out / "metrics.json", comparison.metrics)
+            written.append(save_netcdf(result.inference_data, out / f"{name}.nc").name)
+    written += ["metrics.json", "metrics.csv"]
+    stale = [f for f in _files_of_earlier_run(out) if f not in written and (out / f).is_file()]
+    write_json(out / "metrics.json", {**comparison.metrics, "files": written})
     write_csv(out / "metrics.csv", [row.to_dict() for row in comparison.rows])
+    for name in stale:  # results of an earlier comparison in this folder that this one does not replace
+        (out / name).unlink()
     return out
+
+
+def _files_of_earlier_run(out: Path) -> list[str]:
+    """The files an earlier :func:`save_comparison` listed in ``out/metrics.json`` (only those are ever removed)."""
+    import json
+
+    try:
+        files = json.loads((out / "metrics.json").read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [f for f in files if isinstance(f, str) and "/" not in f and "\\" not in f]
 
 
 def format_table(rows: Sequence[Row | dict], columns: Sequence[str] | None = None) -> str:
     """The rows as a fixed-width text table: the shared columns, then the diagnostics any row has."""
     rows = [r.to_dict() if isinstance(r, Row) else r for r in rows]
     if columns is None:
-        diagnostics = ("khat", "khat_label", "max_weight_ratio", "ess", "rhat", "ess_bulk")
+        diagnostics = ("khat", "khat_label", "max_weight_ratio", "ess", "rhat", "ess_bulk", "infeasible_mass",
+                       "kl_feasible_to_posterior")  # fmt: skip
         shared = [c for c in Row.SHARED if c != "scored"]
         columns = shared + [c for c in diagnostics if any(row.get(c) is not None for row in rows)]
 

@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -235,6 +236,13 @@ def reading_notes(rows: list[dict]) -> list[str]:
             notes.append(
                 f"note: {row['method']} R-hat {rhat:.3f} > {RHAT_MAX}: the chains disagree, so its figures are not "
                 f"reliable yet; run longer (--draws, --warmup) or try --mcmc-kernel {other}"
+            )
+        mass = row.get("infeasible_mass")
+        if mass is not None and row.get("kl_q_to_posterior") == math.inf:
+            notes.append(
+                f"note: {row['method']} puts {mass:.3g} of its mass on sequences the hard constraint forbids, so its "
+                "KL(q||pi*) is inf and its ELBO -inf (as for any policy with full support); read "
+                f"kl_feasible_to_posterior = {row['kl_feasible_to_posterior']:.4g}, kl_posterior_to_q and tv_to_posterior"
             )
         if row.get("khat_label") == "unreliable" and row["method"] != "is":
             notes.append(

@@ -264,7 +264,11 @@ class PolicyMetrics:
     r"""Exact figures of a policy :math:`q` against the task's posterior (nats).
 
     ``kl_q_to_posterior`` is ``inf`` when :math:`q` puts mass where :math:`\pi^*` has none
-    (a hard constraint that the policy does not fully respect); ``elbo`` is then ``-inf``.
+    (a hard constraint that the policy does not fully respect); ``elbo`` and ``expected_reward`` are then
+    ``-inf``. For such tasks the last three fields say what remains finite: ``infeasible_mass``
+    :math:`q(\bar F)` on the sequences the constraint forbids (reward :math:`-\infty`), and, for :math:`q_F`, the
+    policy conditioned on the feasible set :math:`F`, ``kl_feasible_to_posterior`` :math:`\mathrm{KL}(q_F\|\pi^*)`
+    and ``expected_reward_feasible`` :math:`\mathbb{E}_q[r \mid F]` (``None`` for tasks without a hard constraint).
     """
 
     elbo: float
@@ -275,6 +279,9 @@ class PolicyMetrics:
     expected_reward: float
     kl_to_prior: float
     entropy: float
+    infeasible_mass: float | None = None
+    kl_feasible_to_posterior: float | None = None
+    expected_reward_feasible: float | None = None
 
 
 @torch.no_grad()
@@ -300,6 +307,16 @@ def policy_metrics(
     elbo = _expectation(log_q, log_prior + r / task.beta - log_q)
     expected_reward = _expectation(log_q, r)
     kl_to_prior = _expectation(log_q, log_q - log_prior)
+    feasible = torch.isfinite(r)
+    constrained = {}
+    if not bool(feasible.all()):  # a hard constraint: the figures that stay finite for a full-support q
+        log_mass = torch.logsumexp(log_q[feasible], 0)  # log q(F)
+        log_q_f = log_q[feasible] - log_mass  # q conditioned on F
+        constrained = {
+            "infeasible_mass": float(-torch.expm1(log_mass)),
+            "kl_feasible_to_posterior": float(_expectation(log_q_f, log_q_f - log_p[feasible])),
+            "expected_reward_feasible": float(_expectation(log_q_f, r[feasible])),
+        }
     return PolicyMetrics(
         elbo=float(elbo),
         objective=float(expected_reward - task.beta * kl_to_prior),
@@ -309,4 +326,5 @@ def policy_metrics(
         expected_reward=float(expected_reward),
         kl_to_prior=float(kl_to_prior),
         entropy=float(-_expectation(log_q, log_q)),
+        **constrained,
     )

@@ -86,6 +86,11 @@ class Row:
     rhat: float | None = _column("MCMC R-hat of the reward across chains (> 1.01: not mixed)")
     ess_bulk: float | None = _column("MCMC bulk effective sample size of the reward")
     acceptance_rate: float | None = _column("MCMC mean acceptance (Gibbs: the rate at which a site changes)")
+    infeasible_mass: float | None = _column("hard constraints: the mass q puts on sequences with reward -inf")
+    kl_feasible_to_posterior: float | None = _column(
+        "hard constraints: KL(q_F || pi*), q conditioned on the feasible set"
+    )
+    expected_reward_feasible: float | None = _column("hard constraints: E_q[r | feasible]")
     settings: Mapping[str, Any] = field(
         default_factory=dict, metadata={"help": "the method's own options (kernel, proposal, estimator, recipe)"}
     )
@@ -244,6 +249,9 @@ def score_policy(
             tv_to_posterior=m.tv_to_posterior,
             expected_reward=m.expected_reward,
             kl_to_prior=m.kl_to_prior,
+            infeasible_mass=m.infeasible_mass,
+            kl_feasible_to_posterior=m.kl_feasible_to_posterior,
+            expected_reward_feasible=m.expected_reward_feasible,
         )
     else:  # E_q[log w] = ELBO(q); E_q[r]; KL(q‖π0)
         draws = imp.samples

@@ -245,7 +245,8 @@ def fit(
     if start_step == 0:
         log(0, {})
     step = start_step
-    bar = tqdm(total=steps, initial=start_step, desc=trainer.method, disable=not progress, leave=False)
+    bar = tqdm(total=steps, initial=start_step, desc=trainer.method, disable=None if progress else True, leave=False)
+    # (disable=None: bars only on a terminal, never as megabytes of carriage returns in a log file)
     try:
         while step < steps:
             t0 = time.perf_counter()

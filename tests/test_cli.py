@@ -295,3 +295,62 @@ def test_report_and_bench_run_the_checkout_scripts(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "--quick" in capsys.readouterr().out
+
+
+CONSTRAINED_MODEL = """
+import torch
+from bayes_klrl import MarkovLM, Task
+
+def task(beta=1.0, length=4):
+    g = torch.Generator().manual_seed(11)
+    prior = MarkovLM(torch.randn(4, generator=g), torch.randn(4, 4, generator=g))
+    def reward(x):  # hard constraint: token 3 must appear
+        return torch.where((x == 3).any(-1), 0.0, float("-inf"))
+    return Task(prior=prior, reward=reward, beta=beta, length=length, name="constrained")
+"""
+
+
+def test_hard_constraint_rows_say_what_stays_finite(tmp_path, capsys):
+    path = tmp_path / "constrained.py"
+    path.write_text(CONSTRAINED_MODEL)
+    out = tmp_path / "o"
+    argv = ["compare", str(path), "--methods", "exact,rl", "--steps", "20", "--num-sequences", "64"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    (row,) = [r for r in json.loads((out / "metrics.json").read_text())["methods"] if r["method"] == "rl"]
+    assert row["kl_q_to_posterior"] == "inf" and row["elbo"] == "-inf"  # infinite, not "not computed"
+    assert 0 < row["infeasible_mass"] < 1 and 0 <= row["kl_feasible_to_posterior"] < row["kl_to_prior"] + 10
+    assert row["expected_reward_feasible"] == 0.0  # every feasible sequence has reward 0
+    assert "hard constraint forbids" in printed and "kl_feasible_to_posterior" in printed
+
+
+def test_a_second_run_in_the_same_folder_removes_the_first_runs_results(user_model, tmp_path):
+    out = tmp_path / "o"
+    base = ["compare", str(user_model), "--steps", "2", "--num-sequences", "8", "--out", str(out), "--no-progress"]
+    assert main([*base, "--methods", "exact,rl"]) == 0
+    assert (out / "rl.nc").exists() and (out / "history_rl.csv").exists()
+    (out / "notes.txt").write_text("mine")  # a file the user made is never touched
+    assert main([*base, "--methods", "exact,svi"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"svi.nc", "history_svi.csv", "notes.txt"} <= names and not {"rl.nc", "history_rl.csv"} & names
+    assert json.loads((out / "metrics.json").read_text())["files"] == ["history_svi.csv", "svi.nc", "metrics.json",
+                                                                      "metrics.csv"]  # fmt: skip
+
+
+def test_options_no_chosen_method_reads_get_a_note(user_model, tmp_path, capsys):
+    argv = ["compare", str(user_model), "--methods", "exact,rl", "--steps", "1", "--num-sequences", "8"]
+    assert main([*argv, "--kl-target", "0.5", "--draws", "50", "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "note: --kl-target applies to ppo" in printed and "note: --draws applies to mcmc" in printed
+
+
+def test_logs_get_neither_progress_bars_nor_arviz_refactor_warnings(user_model, tmp_path):
+    argv = ["compare", str(user_model), "--methods", "exact,rl,is", "--steps", "30", "--num-sequences", "8"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bayes_klrl", *argv, "--out", str(tmp_path / "o")],  # progress on, stderr a pipe
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "it/s" not in done.stderr and "FutureWarning" not in done.stderr
