@@ -153,7 +153,9 @@ def unused_option_notes(config, given: dict) -> list[str]:
     for option in given:
         if option in readers and not set(readers[option]) & set(config.methods):
             flag = "--" + option.replace("_", "-")
-            notes.append(f"note: {flag} applies to {', '.join(readers[option])}, none of which is in --methods; ignored")
+            notes.append(
+                f"note: {flag} applies to {', '.join(readers[option])}, none of which is in --methods; ignored"
+            )
     return notes
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,7 +115,9 @@ def trainable_state(policy: AutoregressiveLM) -> dict[str, torch.Tensor]:
 def _load_checkpoint(path: Path) -> dict:
     """A checkpoint written by :func:`fit`, read without running code from the file (``weights_only``)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign file may trigger torch's own notes before it is refused
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, empty, not a torch file, or pickled objects beyond plain data
         raise ValueError(
             f"checkpoint {path} cannot be read ({type(exc).__name__}); delete it or use a new --out"

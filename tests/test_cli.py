@@ -354,3 +354,48 @@ def test_logs_get_neither_progress_bars_nor_arviz_refactor_warnings(user_model, 
     )
     assert done.returncode == 0, done.stderr
     assert "it/s" not in done.stderr and "FutureWarning" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"garbage\n", b"\x80\x04K\x01.", None],
+    ids=["empty", "text", "plain-pickle", "truncated"],
+)
+def test_unreadable_checkpoints_give_one_line_naming_the_file(content, user_model, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["compare", str(user_model), "--methods", "rl", "--steps", "3", "--num-sequences", "8", "--no-progress"]
+    assert main([*argv, "--out", str(out)]) == 0
+    checkpoint = out / "rl" / "checkpoint.pt"
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 2] if content is None else content)
+    capsys.readouterr()
+    assert main([*argv, "--resume", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(checkpoint) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--steps", "2"], "past this run's 2 steps"),
+        (["--set", "length=3"], "was written with"),
+        (["--lr", "0.05"], "lr=0.02"),
+    ],
+    ids=["fewer-steps", "other-task", "other-lr"],
+)
+def test_resume_refuses_a_run_it_cannot_continue(change, message, user_model, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["compare", str(user_model), "--methods", "rl", "--steps", "3", "--num-sequences", "8", "--no-progress"]
+    assert main([*argv, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main([*argv, *change, "--resume", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_bad_settings_fail_before_any_method_runs(user_model, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["compare", str(user_model), "--methods", "exact,is,mcmc,rl", "--lr", "-1", "--out", str(out)]
+    assert main(argv) == 2
+    assert "lr must be" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())  # IS and MCMC did not run first

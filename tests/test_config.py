@@ -102,6 +102,8 @@ def test_number_tuples_parse_their_elements():
 
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, Sweep)
-    assert config_from_args(Sweep, parser.parse_args(["--betas", "0.3,0.7", "--seeds", "1,2"])) == Sweep((0.3, 0.7), (1, 2))
+    assert config_from_args(Sweep, parser.parse_args(["--betas", "0.3,0.7", "--seeds", "1,2"])) == Sweep(
+        (0.3, 0.7), (1, 2)
+    )
     with pytest.raises(SystemExit):
         parser.parse_args(["--seeds", "1,x"])
