@@ -20,9 +20,10 @@ Example::
 
     >>> result = run_mcmc(task, "gibbs", num_chains=4, num_samples=500)
     >>> idata = mcmc_inference_data(task, result)
-    >>> diagnostics_table(idata).loc["reward", "r_hat"] < 1.01
+    >>> bool(diagnostics_table(idata).loc["reward", "r_hat"] < 1.01)
     True
     >>> save_netcdf(idata, "runs/markov/mcmc.nc")
+    PosixPath('runs/markov/mcmc.nc')
 """
 
 from __future__ import annotations
@@ -225,8 +226,8 @@ def reading_notes(rows: list[dict]) -> list[str]:
 
     Example::
 
-        >>> reading_notes([{"method": "mcmc", "rhat": 1.2, "kernel": "gibbs"}])[0][:27]
-        'note: mcmc R-hat 1.200 > 1.0'
+        >>> reading_notes([{"method": "mcmc", "rhat": 1.2, "kernel": "gibbs"}])[0][:29]
+        'note: mcmc R-hat 1.200 > 1.01'
     """
     notes = []
     for row in rows:

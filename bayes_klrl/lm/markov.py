@@ -67,7 +67,7 @@ class MarkovLM(AutoregressiveLM):
     Example::
 
         >>> lm = MarkovLM(torch.zeros(2), torch.tensor([[0.0, -50.0], [-50.0, 0.0]]))
-        >>> lm.sample(2, 5, generator=torch.Generator().manual_seed(0)).std(dim=1)  # tokens repeat
+        >>> lm.sample(2, 5, generator=torch.Generator().manual_seed(0)).float().std(dim=1)  # tokens repeat
         tensor([0., 0.])
     """
 

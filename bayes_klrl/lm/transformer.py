@@ -314,6 +314,7 @@ class TinyTransformerLM(AutoregressiveLM):
 
         Example::
 
+            >>> lm = TinyTransformerLM(TransformerConfig(vocab_size=16, max_length=5))
             >>> lm.save(tmp_path / "lm.pt", metadata={"seed": 0})
             PosixPath('.../lm.pt')
         """
@@ -346,7 +347,8 @@ class TinyTransformerLM(AutoregressiveLM):
 
         Example::
 
-            >>> TinyTransformerLM.load("models/tiny_transformer.pt").vocab_size
+            >>> from bayes_klrl.modelfile import models_dir
+            >>> TinyTransformerLM.load(models_dir() / "tiny_transformer.pt").vocab_size
             16
         """
         path = Path(path)

@@ -100,6 +100,7 @@ def dpg_surrogate(
 
     Example::
 
+        >>> log_w = score(task, x, log_q=policy).log_weight       # x drawn from the policy (here: at the prior)
         >>> loss = dpg_surrogate(policy.log_prob(x), log_w)
         >>> loss.backward()       # policy gradients now hold an estimate of ∇ KL(π*‖q)
     """
@@ -126,7 +127,8 @@ class DPGTrainer(Trainer):
     Example::
 
         >>> result = fit(DPGTrainer(task, task.make_policy(), num_sequences=512, lr=0.05), steps=500, seed=0)
-        >>> policy_metrics(task, result.policy).kl_posterior_to_q      # the divergence DPG minimizes
+        >>> policy_metrics(task, result.policy).kl_posterior_to_q < 0.1      # the divergence DPG minimizes
+        True
     """
 
     method = "dpg"

@@ -161,7 +161,7 @@ def expected_kl_reward_gradient(
 
     Example::
 
-        >>> torch.allclose(expected_kl_reward_gradient(task, policy), task.beta * elbo_gradient(task, policy))
+        >>> torch.allclose(expected_kl_reward_gradient(task, policy), task.beta * elbo_gradient(task, policy), atol=1e-6)
         True
     """
     beta = task.beta if beta is None else beta
@@ -241,7 +241,7 @@ def reverse_kl(task: Task, policy: AutoregressiveLM, *, max_sequences: int = DEF
 
     Example::
 
-        >>> reverse_kl(task, task.make_policy()).item()     # the policy starts at the prior
+        >>> round(reverse_kl(task, task.make_policy()).item(), 5)     # the policy starts at the prior
         0.0
     """
     e = _enumerate(task, policy, max_sequences)
@@ -281,7 +281,7 @@ def per_token_forward_kl(
 
     Example::
 
-        >>> per_token_forward_kl(task, task.make_policy()).item()     # q = π0: zero
+        >>> round(per_token_forward_kl(task, task.make_policy()).item(), 5)     # q = π0: zero
         0.0
     """
     if task.num_sequences > max_sequences:
@@ -310,7 +310,9 @@ def per_token_forward_kl_gradient(
 
     Example::
 
-        >>> torch.allclose(per_token_forward_kl_gradient(task, policy), expected_kl_loss_gradient(task, policy, "k3"))
+        >>> torch.allclose(
+        ...     per_token_forward_kl_gradient(task, policy), expected_kl_loss_gradient(task, policy, "k3"), atol=1e-6
+        ... )
         True
     """
     return _flat_gradient(per_token_forward_kl(task, policy, max_sequences=max_sequences), policy)
