@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bayes_klrl.compare import prepare_output
 from bayes_klrl.config import add_config_arguments, config_from_args
 from bayes_klrl.lm import AutoregressiveLM
 from bayes_klrl.methods import make_trainer
@@ -85,6 +86,11 @@ def experiment_main(module, argv: list[str] | None = None) -> int:
     add_config_arguments(parser, module.Config, presets={"quick": module.Config.QUICK})
     args = parser.parse_args(argv)
     config = config_from_args(module.Config, args, base=module.Config.QUICK if args.quick else None)
+    try:
+        prepare_output(args.out)  # an unusable folder is found before any training
+    except ValueError as exc:
+        print(f"{module.NAME}: error: {exc}", file=sys.stderr)
+        return 2
     if args.plot_only and not has_saved_data(args.out):
         print(
             f"{module.NAME}: error: --plot-only but no saved data in {args.out}; run without it first", file=sys.stderr

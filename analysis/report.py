@@ -33,6 +33,7 @@ from types import ModuleType
 
 from _common import has_saved_data
 
+from bayes_klrl.compare import prepare_output
 from bayes_klrl.config import parse_names
 from bayes_klrl.storage import write_json
 
@@ -96,6 +97,7 @@ def report(args: argparse.Namespace) -> int:
         raise ValueError(
             f"unknown experiment(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}"
         )
+    prepare_output(args.out)  # an unusable folder is found before any experiment runs
     out = Path(args.out)
     index_path = out / "report.json"
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}

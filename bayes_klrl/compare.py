@@ -181,21 +181,21 @@ class Comparison:
         }
 
 
-def prepare_output(out: str | Path) -> Path:
+def prepare_output(out: str | Path, flag: str = "--out") -> Path:
     """Create the output folder and check it is writable, before any long work (a ValueError names the problem)."""
     if str(out).strip() == "":
-        raise ValueError("--out is empty; give an output folder")
+        raise ValueError(f"{flag} is empty; give an output folder")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
+        raise ValueError(f"{flag} {out} is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as exc:
-        raise ValueError(f"--out {out} cannot be written ({exc.strerror or exc})") from exc
+        raise ValueError(f"{flag} {out} cannot be written ({exc.strerror or exc})") from exc
     if not os.access(out, os.W_OK):
-        raise ValueError(f"--out {out} is not writable")
+        raise ValueError(f"{flag} {out} is not writable")
     return out
 
 

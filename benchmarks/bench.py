@@ -61,6 +61,7 @@ import pyro.infer
 import torch
 from tqdm.auto import tqdm
 
+from bayes_klrl.compare import prepare_output
 from bayes_klrl.config import Preset, add_config_arguments, config_from_args, option
 from bayes_klrl.exact import exact_posterior, policy_metrics
 from bayes_klrl.infer.importance import importance_sample
@@ -857,6 +858,8 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(BenchConfig, args, base=BenchConfig.QUICK if args.quick else None)
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        if args.json is not None:
+            prepare_output(Path(args.json).parent, "--json's folder")  # the JSON's folder is checked before the long measurements
     except ValueError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2

@@ -399,3 +399,14 @@ def test_bad_settings_fail_before_any_method_runs(user_model, tmp_path, capsys):
     assert main(argv) == 2
     assert "lr must be" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())  # IS and MCMC did not run first
+
+
+@pytest.mark.parametrize(
+    "argv", [["report", "--quick", "--out"], ["bench", "--quick", "--json"]], ids=["report", "bench"]
+)
+def test_report_and_bench_check_their_output_before_running(argv, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    target = a_file if argv[0] == "report" else a_file / "bench.json"
+    assert main([*argv, str(target)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
