@@ -28,7 +28,6 @@ from bayes_klrl.training import FitResult, fit
 
 __all__ = [
     "check_at_least_two",
-    "check_choices",
     "check_positive",
     "expected_distinct",
     "fit_copy",
@@ -59,13 +58,6 @@ def check_at_least_two(config, *names: str) -> None:
         raise ValueError(f"{' and '.join(names)} must be >= 2")
 
 
-def check_choices(config, name: str, choices: tuple[str, ...]) -> None:
-    """A non-empty tuple of names from ``choices``."""
-    value = getattr(config, name)
-    if not value or any(v not in choices for v in value):
-        raise ValueError(f"{name} must be from {', '.join(choices)}; got {value!r}")
-
-
 def script_parser(doc: str, name: str) -> argparse.ArgumentParser:
     """The flags every experiment script has: ``--out`` (default ``runs/report/<name>``), ``--quick``,
     ``--plot-only`` and ``--no-progress``; the first paragraph of the script's docstring ``doc`` describes it.
@@ -85,16 +77,13 @@ def experiment_main(module, argv: list[str] | None = None) -> int:
     parser = script_parser(module.__doc__, module.NAME)
     add_config_arguments(parser, module.Config, presets={"quick": module.Config.QUICK})
     args = parser.parse_args(argv)
-    config = config_from_args(module.Config, args, base=module.Config.QUICK if args.quick else None)
-    try:
-        prepare_output(args.out)  # an unusable folder is found before any training
+    try:  # bad settings, an unusable folder or missing data: one line, before any training
+        config = config_from_args(module.Config, args, base=module.Config.QUICK if args.quick else None)
+        prepare_output(args.out)
+        if args.plot_only and not has_saved_data(args.out):
+            raise ValueError(f"--plot-only but no saved data in {args.out}; run without it first")
     except ValueError as exc:
         print(f"{module.NAME}: error: {exc}", file=sys.stderr)
-        return 2
-    if args.plot_only and not has_saved_data(args.out):
-        print(
-            f"{module.NAME}: error: --plot-only but no saved data in {args.out}; run without it first", file=sys.stderr
-        )
         return 2
     if not args.plot_only:
         module.run(config, args.out, progress=not args.no_progress)

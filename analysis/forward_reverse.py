@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from _common import (
     check_at_least_two,
-    check_choices,
     check_positive,
     experiment_main,
     fit_copy,
@@ -36,7 +35,7 @@ from _common import (
 )
 from _figures import band, color, figure, label, log_y, read_csv, read_json, save, seeds_note, style
 
-from bayes_klrl.config import Preset, option
+from bayes_klrl.config import Preset, check_choices, option
 from bayes_klrl.exact import enumerate_sequences, exact_posterior, policy_metrics
 from bayes_klrl.lm import AutoregressiveLM
 from bayes_klrl.storage import write_csv
@@ -73,8 +72,7 @@ class Config(Preset):
 
     def __post_init__(self):
         check_positive(self, "beta", "length", "seeds", "steps", "lr", "log_every")
-        check_choices(self, "policies", FAMILIES)
-        check_choices(self, "methods", METHODS)
+        check_choices(self, nonempty=("policies", "methods"))
         check_at_least_two(self, "num_sequences")
 
 

@@ -30,7 +30,7 @@ import torch
 from _common import check_at_least_two, check_positive, experiment_main, fit_copy, load, write_summary
 from _figures import band, color, figure, label, log_y, read_csv, read_json, save, seeds_note, style
 
-from bayes_klrl.config import Preset, option
+from bayes_klrl.config import Preset, check_choices, option
 from bayes_klrl.exact import exact_elbo, exact_objective, exact_posterior, policy_metrics
 from bayes_klrl.infer.svi import gradient_variance
 from bayes_klrl.lm import AutoregressiveLM
@@ -70,6 +70,7 @@ class Config(Preset):
 
     def __post_init__(self):
         check_positive(self, "seeds", "steps", "num_sequences", "lr", "log_every", "variance_batches")
+        check_choices(self)
         check_at_least_two(self, "variance_sequences")
 
 

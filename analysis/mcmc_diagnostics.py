@@ -27,10 +27,10 @@ from typing import ClassVar
 import arviz as az
 import matplotlib
 import numpy as np
-from _common import check_choices, check_positive, experiment_main, load, write_summary
+from _common import check_positive, experiment_main, load, write_summary
 from _figures import figure, label, read_csv, read_json, save, style
 
-from bayes_klrl.config import Preset, option
+from bayes_klrl.config import Preset, check_choices, option
 from bayes_klrl.diagnostics import RHAT_MAX, load_netcdf, mcmc_inference_data, save_netcdf
 from bayes_klrl.exact import exact_posterior
 from bayes_klrl.infer.mcmc import run_mcmc, total_variation
@@ -59,7 +59,7 @@ class Config(Preset):
 
     def __post_init__(self):
         check_positive(self, "num_chains", "num_samples")
-        check_choices(self, "kernels", KERNELS)
+        check_choices(self, nonempty=("kernels",))
         if self.num_chains < 2:
             raise ValueError("num_chains must be >= 2 (R-hat compares chains)")
 

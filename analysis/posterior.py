@@ -37,7 +37,7 @@ from _common import (
 )
 from _figures import color, figure, label, read_csv, read_json, save, style
 
-from bayes_klrl.config import Preset, option
+from bayes_klrl.config import Preset, check_choices, option
 from bayes_klrl.exact import ExactPosterior, exact_posterior, policy_metrics
 from bayes_klrl.infer.importance import importance_sample
 from bayes_klrl.infer.mcmc import run_mcmc, total_variation
@@ -69,8 +69,7 @@ class Config(Preset):
 
     def __post_init__(self):
         check_positive(self, "steps", "lr", "is_samples", "top_k", "mcmc_chains", "mcmc_samples")
-        if self.mcmc_kernel not in KERNELS:
-            raise ValueError(f"mcmc_kernel must be imh or gibbs, got {self.mcmc_kernel!r}")
+        check_choices(self)
         check_at_least_two(self, "num_sequences", "is_samples")
 
 

@@ -45,7 +45,6 @@ import numpy as np
 import torch
 from _common import (
     check_at_least_two,
-    check_choices,
     check_positive,
     experiment_main,
     load,
@@ -56,7 +55,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from bayes_klrl.config import Preset, option
+from bayes_klrl.config import Preset, check_choices, option
 from bayes_klrl.exact import ExactPosterior, exact_posterior, policy_metrics
 from bayes_klrl.lm import AutoregressiveLM
 from bayes_klrl.methods import make_trainer
@@ -111,10 +110,10 @@ class Config(Preset):
         check_positive(self, "num_sequences", "lr", "max_steps", "log_every", "rtol", "atol")
         check_positive(self, "frontier_points", "frontier_beta_min", "frontier_beta_max")
         check_at_least_two(self, "num_sequences", "window")
-        check_choices(self, "recipes", RECIPES)
+        check_choices(self, nonempty=("recipes",))
         if not self.tasks:
             raise ValueError("tasks must not be empty")
-        try:  # the command line gives the tuple as names: "0.35,0.7" -> ("0.35", "0.7")
+        try:  # numbers as floats, whether given from Python (ints, say) or the command line
             betas = tuple(float(b) for b in self.betas)
         except (TypeError, ValueError):
             raise ValueError(f"betas must be numbers, got {self.betas!r}") from None

@@ -36,7 +36,7 @@ from typing import ClassVar
 
 import torch
 
-from bayes_klrl.config import Preset, add_config_arguments, config_from_args, option
+from bayes_klrl.config import Preset, add_config_arguments, check_choices, config_from_args, option
 from bayes_klrl.methods import make_trainer
 from bayes_klrl.modelfile import load_task
 from bayes_klrl.training import fit
@@ -64,6 +64,7 @@ class Config(Preset):
     QUICK: ClassVar[dict] = {"steps": 4, "batch": 4, "eval_samples": 8, "eval_batch": 8, "log_every": 2}
 
     def __post_init__(self):
+        check_choices(self)
         if self.batch < 2:
             raise ValueError(f"batch must be >= 2 (the leave-one-out baseline), got {self.batch}")
         for name in ("steps", "eval_samples", "eval_batch", "log_every", "lr", "beta", "length"):

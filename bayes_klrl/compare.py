@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import option
+from .config import check_choices, option
 from .exact import ExactPosterior, exact_posterior
 from .methods import METHODS, MethodResult, Row, RunContext, trained_methods
 from .storage import write_csv, write_json
@@ -117,22 +117,11 @@ class CompareConfig:
             raise ValueError("log_every must be >= 1 and checkpoint_every >= 0")
         if self.kl_target is not None and not (math.isfinite(self.kl_target) and self.kl_target > 0):
             raise ValueError(f"kl_target must be a finite number > 0 (nats), got {self.kl_target}")
-        for name in ("policy", "estimator", "kl_estimator", "mcmc_kernel", "mcmc_proposal", "kl_in", "advantage",
-                     "normalization"):  # fmt: skip
-            allowed = _choices(name)
-            if getattr(self, name) is not None and getattr(self, name) not in allowed:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
+        check_choices(self)  # every field declared with choices (the methods were checked above, by name)
         if self.chains < 1 or self.draws < 4 or self.warmup < 0:
             raise ValueError("chains must be >= 1, draws >= 4 and warmup >= 0")
         for method in self.methods:
             METHODS[method].check(self)
-
-
-def _choices(name: str) -> tuple[str, ...]:
-    from .config import choices_of
-
-    (f,) = [f for f in CompareConfig.__dataclass_fields__.values() if f.name == name]
-    return choices_of(f)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,15 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
-__all__ = ["Preset", "option", "add_config_arguments", "config_from_args", "given_options", "parse_names"]
+__all__ = [
+    "Preset",
+    "option",
+    "add_config_arguments",
+    "check_choices",
+    "config_from_args",
+    "given_options",
+    "parse_names",
+]
 
 
 def option(default: Any, help: str, *, choices: Iterable[str] | Callable[[], Iterable[str]] | None = None):
@@ -37,6 +45,22 @@ def option(default: Any, help: str, *, choices: Iterable[str] | Callable[[], Ite
     if isinstance(default, (list, dict, set)):
         raise TypeError("config defaults must be immutable (use a tuple)")
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def check_choices(config, *, nonempty: Iterable[str] = ()) -> None:
+    """Refuse (ValueError) a field value outside the field's choices: a name must be one of them, a tuple hold only
+    them (and at least one for the fields named in ``nonempty``); ``None`` ("the method's own default") passes.
+    Call it from ``__post_init__``."""
+    nonempty = set(nonempty)
+    for field in dataclasses.fields(config):
+        allowed, value = choices_of(field), getattr(config, field.name)
+        if allowed is None or value is None:
+            continue
+        if isinstance(value, tuple):
+            if (not value and field.name in nonempty) or any(v not in allowed for v in value):
+                raise ValueError(f"{field.name} must be from {', '.join(allowed)}; got {value!r}")
+        elif value not in allowed:
+            raise ValueError(f"unknown {field.name} {value!r}; choose from {', '.join(allowed)}")
 
 
 def choices_of(field: dataclasses.Field) -> tuple[str, ...] | None:

@@ -859,7 +859,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         if args.json is not None:
-            prepare_output(Path(args.json).parent, "--json's folder")  # the JSON's folder is checked before the long measurements
+            prepare_output(
+                Path(args.json).parent, "--json's folder"
+            )  # the JSON's folder is checked before the long measurements
     except ValueError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
