@@ -129,6 +129,9 @@ class Row:
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name != "settings"}
 
 
+_ROW_COLUMNS = frozenset(f.name for f in dataclasses.fields(Row))
+
+
 @dataclass(frozen=True)
 class MethodResult:
     """What one method produced; nothing is written to disk.
@@ -240,19 +243,8 @@ def score_policy(
     imp = importance_sample(task, policy, num_samples=num_samples, chunk_size=chunk_size, seed=seed)
     columns = _importance_columns(imp)
     if posterior is not None:
-        m = policy_metrics(task, policy, posterior)
-        columns.update(
-            scored=EXACT,
-            elbo=m.elbo,
-            kl_q_to_posterior=m.kl_q_to_posterior,
-            kl_posterior_to_q=m.kl_posterior_to_q,
-            tv_to_posterior=m.tv_to_posterior,
-            expected_reward=m.expected_reward,
-            kl_to_prior=m.kl_to_prior,
-            infeasible_mass=m.infeasible_mass,
-            kl_feasible_to_posterior=m.kl_feasible_to_posterior,
-            expected_reward_feasible=m.expected_reward_feasible,
-        )
+        exact = dataclasses.asdict(policy_metrics(task, policy, posterior))  # every figure the Row has a column for
+        columns.update(scored=EXACT, **{k: v for k, v in exact.items() if k in _ROW_COLUMNS})
     else:  # E_q[log w] = ELBO(q); E_q[r]; KL(q‖π0)
         draws = imp.samples
         columns.update(
@@ -312,7 +304,8 @@ class TrainedMethod(Method):
 
     def run(self, context: RunContext) -> MethodResult:
         task, config = context.task, context.config
-        own = {k: v for k, v in self.settings(config).items() if k in self.options}
+        settings = self.settings(config)
+        own = {k: v for k, v in settings.items() if k in self.options}  # the fixed ones make_trainer adds itself
         trainer = self.make_trainer(task, task.make_policy(config.policy), config.num_sequences, lr=config.lr, **own)
         posterior = context.posterior
 
@@ -345,7 +338,7 @@ class TrainedMethod(Method):
                 "lr": config.lr,
                 "seed": config.seed,
                 "policy": config.policy,
-                **self.settings(config),
+                **settings,
             },
         )
         columns, imp = score_policy(
@@ -362,7 +355,7 @@ class TrainedMethod(Method):
             method=self.name,
             reward_evaluations=result.reward_evaluations,
             wall_seconds=result.wall_seconds,
-            settings=self.settings(config),
+            settings=settings,
             **columns,
         )
         return MethodResult(row=row, inference_data=importance_inference_data(task, imp, self.name), fit=result)

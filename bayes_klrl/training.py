@@ -83,6 +83,12 @@ class Trainer(ABC):
         """The optimizer (hook): Adam over the policy's trainable parameters."""
         return torch.optim.Adam([p for p in self.policy.parameters() if p.requires_grad], lr=self.lr)
 
+    def update(self, loss: torch.Tensor) -> None:
+        """One optimizer step on ``loss`` (gradients zeroed first)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
     @abstractmethod
     def step(self) -> dict[str, float]:
         """One update; returns scalar statistics of the batch."""

@@ -190,9 +190,7 @@ class DPGTrainer(Trainer):
         if log_z is None and self.normalize == "running":
             log_z = log_z_running
         loss = dpg_surrogate(log_q, log_w, log_z=log_z, baseline=self.baseline)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.update(loss)
         with torch.no_grad():
             summary = weight_summary(log_w)
             w_bar = torch.softmax(log_w, 0)  # (N,)

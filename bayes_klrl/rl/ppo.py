@@ -16,7 +16,7 @@ from ..lm import AutoregressiveLM
 from ..task import Task
 from ..training import Trainer
 from .kl import kl_per_token
-from .recipes import clipped_surrogate
+from .recipes import clipped_surrogate, minibatch_indices
 
 __all__ = ["PPOTrainer"]
 
@@ -89,17 +89,9 @@ class PPOTrainer(Trainer):
         with torch.no_grad():
             old_log_q = self.policy.token_log_probs(x)  # (N, T)
         advantages, stats = self._advantages(x, old_log_q)
-        size = self.num_sequences // self.minibatches
-        for _ in range(self.epochs):
-            order = torch.randperm(self.num_sequences)
-            for k in range(self.minibatches):
-                idx = order[k * size : (k + 1) * size]
-                ratio = torch.exp(self.policy.token_log_probs(x[idx]) - old_log_q[idx])  # (n, T)
-                adv = advantages[idx]
-                loss = -clipped_surrogate(ratio, adv, self.clip).sum(-1).mean()
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
+        for idx in minibatch_indices(self.num_sequences, self.epochs, self.minibatches):
+            ratio = torch.exp(self.policy.token_log_probs(x[idx]) - old_log_q[idx])  # (n, T)
+            self.update(-clipped_surrogate(ratio, advantages[idx], self.clip).sum(-1).mean())
         if self.kl_target is not None:
             error = max(-0.2, min(0.2, stats["kl_estimate"] / self.kl_target - 1))
             self.beta *= 1 + error * self.num_sequences / self.kl_horizon

@@ -58,6 +58,8 @@ __all__ = [
     "advantages",
     "clipped_surrogate",
     "kl_loss_terms",
+    "learning_signal",
+    "minibatch_indices",
     "recipe_loss",
 ]
 
@@ -188,6 +190,16 @@ def kl_loss_terms(
     if old_token_log_q is not None:
         terms = terms * torch.exp(token_log_q - old_token_log_q.detach())
     return terms
+
+
+def minibatch_indices(num_sequences: int, epochs: int, minibatches: int):
+    """Index tensors of the minibatches of ``epochs`` passes over a batch, each pass in a fresh random order
+    (``torch.randperm``); ``num_sequences // minibatches`` sequences each (a remainder is left out of that pass)."""
+    size = num_sequences // minibatches
+    for _ in range(epochs):
+        order = torch.randperm(num_sequences)
+        for k in range(minibatches):
+            yield order[k * size : (k + 1) * size]
 
 
 def clipped_surrogate(ratio: torch.Tensor, advantage: torch.Tensor, clip: float) -> torch.Tensor:

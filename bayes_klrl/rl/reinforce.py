@@ -18,7 +18,7 @@ import torch
 from ..lm import AutoregressiveLM
 from ..task import Task
 from ..training import Trainer
-from .recipes import Recipe, advantages, learning_signal, recipe_loss
+from .recipes import Recipe, advantages, learning_signal, minibatch_indices, recipe_loss
 
 __all__ = ["ReinforceTrainer"]
 
@@ -69,29 +69,15 @@ class ReinforceTrainer(Trainer):
             signal = learning_signal(r, old_token_log_q, token_log_prior, beta, recipe)
             advantage = advantages(signal, recipe.advantage, recipe.group_size)  # (N,)
         if not recipe.reuses_batches:  # one update on this batch: reuse the forward pass that scored it
-            self._update(recipe_loss(token_log_q, old_token_log_q, token_log_prior, advantage, beta, recipe))
+            self.update(recipe_loss(token_log_q, old_token_log_q, token_log_prior, advantage, beta, recipe))
         else:
-            size = self.num_sequences // recipe.minibatches
-            for _ in range(recipe.epochs):
-                order = torch.randperm(self.num_sequences)
-                for k in range(recipe.minibatches):
-                    idx = order[k * size : (k + 1) * size]
-                    loss = recipe_loss(
-                        self.policy.token_log_probs(x[idx]),
-                        old_token_log_q[idx],
-                        token_log_prior[idx],
-                        advantage[idx],
-                        beta,
-                        recipe,
-                    )
-                    self._update(loss)
+            for idx in minibatch_indices(self.num_sequences, recipe.epochs, recipe.minibatches):
+                token_log_q = self.policy.token_log_probs(x[idx])
+                self.update(
+                    recipe_loss(token_log_q, old_token_log_q[idx], token_log_prior[idx], advantage[idx], beta, recipe)
+                )
         return {
             "objective_estimate": float((r - beta * kl).mean()),
             "reward_mean": float(r.mean()),
             "kl_estimate": float(kl.mean()),
         }
-
-    def _update(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
