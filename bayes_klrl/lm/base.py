@@ -99,6 +99,30 @@ class AutoregressiveLM(nn.Module):
                 logits, state = self.step(sequences[:, t], state)
         return torch.stack(out, dim=-1)
 
+    def next_token_log_probs(self, sequences: torch.Tensor) -> torch.Tensor:
+        r"""The whole next-token distribution at every position of ``sequences`` ``(N, T)`` (teacher forcing):
+        ``out[n, t, v]`` :math:`= \log p(v \mid x_{n,<t})`, shape ``(N, T, V)``, differentiable.
+
+        What an exact per-token KL over the vocabulary, or scoring all continuations of a prefix at once, needs;
+        ``token_log_probs(x)`` equals ``next_token_log_probs(x).gather(-1, x[..., None]).squeeze(-1)``.
+        Subclasses override it when they can run the batch in one pass.
+
+        Example::
+
+            >>> lm = MarkovLM(torch.zeros(3), torch.zeros(3, 3))
+            >>> lm.next_token_log_probs(torch.zeros(2, 4, dtype=torch.long)).shape
+            torch.Size([2, 4, 3])
+        """
+        sequences = sequences.to(self.device)
+        num_sequences, length = sequences.shape
+        logits, state = self.start(num_sequences)
+        out = []
+        for t in range(length):
+            out.append(torch.log_softmax(logits, -1))
+            if t + 1 < length:
+                logits, state = self.step(sequences[:, t], state)
+        return torch.stack(out, dim=1)
+
     def next_token_logits(self, prefixes: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, V)`` of the token after each prefix ``(N, t)`` (``t`` may be 0)."""
         num_sequences, length = prefixes.shape
