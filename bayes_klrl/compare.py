@@ -53,6 +53,12 @@ def _recipe_choices(name: str) -> tuple[str, ...]:
     return getattr(recipes, name)
 
 
+def _training_choices(name: str) -> tuple[str, ...]:
+    from . import training
+
+    return getattr(training, name)
+
+
 def _kl_estimators() -> tuple[str, ...]:
     from .rl import KL_ESTIMATORS
 
@@ -66,7 +72,14 @@ class CompareConfig:
     methods: tuple[str, ...] = option(("exact", "svi", "rl", "grpo"), "methods to run, in order", choices=_method_names)
     steps: int = option(1500, "optimizer steps of each trained method")
     num_sequences: int = option(1024, "sequences (and reward evaluations) per step, the same for every method")
-    lr: float = option(0.02, "Adam learning rate of every trained method")
+    lr: float = option(0.02, "(peak) learning rate of every trained method")
+    optimizer: str = option("adam", "optimizer of every trained method (adamw: decoupled weight decay)",
+                            choices=lambda: _training_choices("OPTIMIZERS"))  # fmt: skip
+    weight_decay: float = option(0.0, "weight decay (adam: added to the gradient; adamw: decoupled)")
+    lr_schedule: str = option("constant", "learning-rate schedule after the warm-up (linear, cosine: decay to 0)",
+                              choices=lambda: _training_choices("LR_SCHEDULES"))  # fmt: skip
+    warmup_steps: int = option(0, "optimizer steps of linear learning-rate warm-up from 0")
+    max_grad_norm: float | None = option(None, "clip the gradient's global L2 norm to this (none: no clipping)")
     seed: int = option(0, "seeds every method's run alike")
     policy: str = option("auto", "policy class (auto: tabular when it fits, else a copy of the prior)",
                          choices=("auto", "tabular", "copy"))  # fmt: skip
@@ -111,8 +124,18 @@ class CompareConfig:
             raise ValueError(f"method(s) {', '.join(repeated)} given more than once in methods")
         if self.steps < 0 or self.num_sequences < 2 or self.eval_samples < 2:
             raise ValueError("steps must be >= 0, num_sequences and eval_samples >= 2")
-        if isinstance(self.lr, bool) or not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        from .training import OptimizerSettings  # checks lr, weight decay, warm-up and clipping in one place
+
+        OptimizerSettings(
+            lr=self.lr,
+            optimizer=self.optimizer,
+            weight_decay=self.weight_decay,
+            lr_schedule=self.lr_schedule,
+            warmup_steps=self.warmup_steps,
+            max_grad_norm=self.max_grad_norm,
+        )
+        if self.lr_schedule != "constant" and self.steps and self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps {self.warmup_steps} leaves no step of the {self.lr_schedule} schedule")
         if self.log_every < 1 or self.checkpoint_every < 0:
             raise ValueError("log_every must be >= 1 and checkpoint_every >= 0")
         if self.kl_target is not None and not (math.isfinite(self.kl_target) and self.kl_target > 0):

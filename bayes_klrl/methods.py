@@ -178,6 +178,9 @@ class Method(ABC):
         """Refuse settings this method cannot run with (hook; called for every method before any runs)."""
 
 
+#: the optimizer settings every trained method takes (:class:`~bayes_klrl.training.OptimizerSettings`)
+OPTIMIZER_OPTIONS = ("optimizer", "weight_decay", "lr_schedule", "warmup_steps", "max_grad_norm")
+
 #: every registered method, in registration order (the order of the command line's choices)
 METHODS: dict[str, Method] = {}
 
@@ -198,8 +201,8 @@ def trained_methods() -> tuple[str, ...]:
 def make_trainer(method: str, task: Task, policy: AutoregressiveLM, num_sequences: int, *, lr: float, **options):
     """The trainer of ``method`` (a name from :func:`trained_methods`) on ``policy``.
 
-    :param options: the method's own settings (``estimator`` for SVI, ``kl_estimator`` for PPO, …);
-        :attr:`TrainedMethod.options` lists them.
+    :param options: the method's own settings (``estimator`` for SVI, ``kl_estimator`` for PPO, …;
+        :attr:`TrainedMethod.options` lists them) and the optimizer's (:data:`OPTIMIZER_OPTIONS`).
     """
     spec = METHODS.get(method)
     if spec is None or spec.kind != "trained":
@@ -285,7 +288,7 @@ class TrainedMethod(Method):
     validate: Callable[..., None] | None = None
 
     def make_trainer(self, task: Task, policy: AutoregressiveLM, num_sequences: int, *, lr: float, **options):
-        unknown = sorted(set(options) - set(self.options))
+        unknown = sorted(set(options) - set(self.options) - set(OPTIMIZER_OPTIONS))
         if unknown:
             raise ValueError(f"method {self.name!r} takes no option(s) {', '.join(unknown)}")
         trainer = self.factory(task, policy, num_sequences, lr=lr, **{**self.fixed, **options})
@@ -293,19 +296,22 @@ class TrainedMethod(Method):
         return trainer
 
     def settings(self, config) -> dict:
-        """The method's effective options: its fixed (preset) ones, overridden by those ``config`` sets (not None)."""
+        """The method's effective options: its fixed (preset) ones, overridden by those ``config`` sets (not None),
+        and the optimizer's (:data:`OPTIMIZER_OPTIONS`, the same for every trained method)."""
         given = {k: getattr(config, k) for k in self.options if getattr(config, k, None) is not None}
-        return {**self.fixed, **given}
+        optimizer = {k: getattr(config, k) for k in OPTIMIZER_OPTIONS if hasattr(config, k)}
+        return {**self.fixed, **given, **optimizer}
 
     def check(self, config) -> None:
         """Refuse options this method cannot run with, before any method runs (``validate`` hook)."""
         if self.validate is not None:
-            self.validate(config.num_sequences, **self.settings(config))
+            own = {k: v for k, v in self.settings(config).items() if k not in OPTIMIZER_OPTIONS}
+            self.validate(config.num_sequences, **own)
 
     def run(self, context: RunContext) -> MethodResult:
         task, config = context.task, context.config
         settings = self.settings(config)
-        own = {k: v for k, v in settings.items() if k in self.options}  # the fixed ones make_trainer adds itself
+        own = {k: v for k, v in settings.items() if k in self.options or k in OPTIMIZER_OPTIONS}  # (+ fixed ones)
         trainer = self.make_trainer(task, task.make_policy(config.policy), config.num_sequences, lr=config.lr, **own)
         posterior = context.posterior
 

@@ -1,6 +1,9 @@
 r"""The training loop shared by SVI and the RL trainers: seeding, logging, progress, checkpoints.
 
-A :class:`Trainer` owns a policy and an optimizer and knows how to take one step; :func:`fit` runs it for
+A :class:`Trainer` owns a policy and an optimizer and knows how to take one step. The optimizer is the same
+machinery for every trainer, SVI included (:class:`OptimizerSettings`): Adam or AdamW, weight decay, a
+learning-rate schedule (constant, linear decay or cosine, after an optional linear warm-up) and gradient-norm
+clipping, so SVI and RL take the same steps under the same settings. :func:`fit` runs a trainer for
 ``steps`` steps from an explicit ``seed``, logs every ``log_every`` steps (optionally calling
 ``evaluate(policy)`` for exact or Monte Carlo metrics, outside the timed region), and writes a checkpoint
 (policy, optimizer and RNG state) every ``checkpoint_every`` steps and on Ctrl-C. ``resume=True``
@@ -9,6 +12,7 @@ continues from the checkpoint to the same final parameters as an uninterrupted r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -25,9 +29,122 @@ from .lm import AutoregressiveLM
 from .storage import save_torch
 from .task import Task
 
-__all__ = ["Trainer", "FitResult", "fit", "CHECKPOINT_NAME", "trainable_state", "load_trainable_state"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "FitResult",
+    "LR_SCHEDULES",
+    "OPTIMIZERS",
+    "OptimizerSettings",
+    "Trainer",
+    "fit",
+    "load_trainable_state",
+    "trainable_state",
+]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+OPTIMIZERS = ("adam", "adamw")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def _check_number(value, name: str, *, low: float, strict: bool) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not ok or value < low or (strict and value == low):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    r"""How a trainer turns gradients into steps: the same for every trainer (SVI, RL, PPO, DPG, the recipes).
+
+    The learning rate of step :math:`s = 0, 1, \ldots` of a run of :math:`H` steps is :math:`\eta\,\lambda(s)`, with
+    :math:`\lambda(s) = s/W` during a warm-up of :math:`W` steps and after it
+
+    - ``constant``: :math:`\lambda = 1`;
+    - ``linear``: :math:`\lambda(s) = (H - s)/(H - W)`, to zero at the end of the run;
+    - ``cosine``: :math:`\lambda(s) = \tfrac12\big(1 + \cos(\pi\,(s - W)/(H - W))\big)`
+
+    (the conventions of Hugging Face's schedulers, so runs compare step for step with TRL).
+
+    :param float lr: the peak learning rate :math:`\eta`.
+    :param str optimizer: ``"adam"`` (weight decay added to the gradient, L2) or ``"adamw"`` (decoupled weight
+        decay, Loshchilov & Hutter 2019).
+    :param float weight_decay: the decay coefficient (0: none).
+    :param str lr_schedule: ``"constant"``, ``"linear"`` or ``"cosine"``.
+    :param int warmup_steps: :math:`W`, steps of linear warm-up from 0.
+
+    Steps are optimizer steps: one per trainer step, unless a trainer reuses a batch for several updates (PPO's
+    and the recipes' epochs x minibatches).
+    :param max_grad_norm: clip the gradient's global L2 norm to this value before each step (``None``: no
+        clipping).
+    :param schedule_steps: :math:`H`; ``None`` takes the run's ``steps`` (:func:`fit` sets it).
+
+    Example::
+
+        >>> settings = OptimizerSettings(lr=1e-3, lr_schedule="linear", warmup_steps=10)
+        >>> [round(settings.lr_factor(s, total_steps=110), 2) for s in (0, 5, 10, 60, 109)]
+        [0.0, 0.5, 1.0, 0.5, 0.01]
+    """
+
+    lr: float = 0.02
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    max_grad_norm: float | None = None
+    schedule_steps: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "lr", _check_number(self.lr, "lr", low=0, strict=True))
+        object.__setattr__(self, "weight_decay", _check_number(self.weight_decay, "weight_decay", low=0, strict=False))
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if self.max_grad_norm is not None:
+            object.__setattr__(
+                self, "max_grad_norm", _check_number(self.max_grad_norm, "max_grad_norm", low=0, strict=True)
+            )
+        if self.schedule_steps is not None and (
+            isinstance(self.schedule_steps, bool) or not isinstance(self.schedule_steps, int) or self.schedule_steps < 1
+        ):
+            raise ValueError(f"schedule_steps must be an integer >= 1, got {self.schedule_steps!r}")
+
+    @property
+    def needs_horizon(self) -> bool:
+        """Whether the schedule depends on the run's length (a decay)."""
+        return self.lr_schedule != "constant"
+
+    def lr_factor(self, step: int, total_steps: int | None = None) -> float:
+        r""":math:`\lambda(s)`, the multiplier of ``lr`` at 0-based ``step`` of a run of ``total_steps`` steps."""
+        warmup = self.warmup_steps
+        if step < warmup:
+            return step / warmup
+        if self.lr_schedule == "constant":
+            return 1.0
+        horizon = self.schedule_steps or total_steps
+        if horizon is None:
+            raise ValueError(f"the {self.lr_schedule} schedule needs the run's length (schedule_steps)")
+        if horizon <= warmup:
+            raise ValueError(f"a {self.lr_schedule} schedule over {horizon} steps leaves none after {warmup} warm-up")
+        progress = min(1.0, (step - warmup) / (horizon - warmup))
+        if self.lr_schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def make_optimizer(self, parameters) -> torch.optim.Optimizer:
+        """The torch optimizer over ``parameters`` at the peak learning rate."""
+        cls = torch.optim.AdamW if self.optimizer == "adamw" else torch.optim.Adam
+        return cls(list(parameters), lr=self.lr, weight_decay=self.weight_decay)
+
+    def as_dict(self) -> dict:
+        """The settings that define a run (for checkpoints and rows); ``schedule_steps`` only when it is set."""
+        out = dataclasses.asdict(self)
+        if out["schedule_steps"] is None:
+            del out["schedule_steps"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -53,22 +170,29 @@ class FitResult:
 class Trainer(ABC):
     r"""One optimizer over one policy; :meth:`step` draws ``num_sequences`` sequences and updates once.
 
-    Subclasses implement :meth:`step` only. The base checks the common arguments, owns the optimizer
-    (:meth:`make_optimizer`, a hook: Adam over the policy's trainable parameters; SVI returns Pyro's) and
-    saves and restores everything a resume needs with :meth:`state_dict` / :meth:`load_state_dict`; a trainer
-    with state of its own (PPO's adaptive β, DPG's running :math:`\hat Z`) extends those two.
+    Subclasses implement :meth:`step` only and call :meth:`update` with each loss. The base checks the common
+    arguments, owns the optimizer, its learning-rate schedule and gradient clipping (:class:`OptimizerSettings`,
+    the same for every trainer, SVI included) and saves and restores everything a resume needs with
+    :meth:`state_dict` / :meth:`load_state_dict`; a trainer with state of its own (PPO's adaptive β, DPG's
+    running :math:`\hat Z`) extends those two.
 
     :param task: the task (prior, reward, β, length).
     :param policy: the trainable policy, e.g. ``task.make_policy()``.
     :param int num_sequences: sequences sampled (and rewards evaluated) per step.
-    :param float lr: the learning rate.
+    :param float lr: the (peak) learning rate.
+    :param optimizer_options: the other fields of :class:`OptimizerSettings` (``optimizer``, ``weight_decay``,
+        ``lr_schedule``, ``warmup_steps``, ``max_grad_norm``, ``schedule_steps``).
     """
 
     method: str = "trainer"
 
-    def __init__(self, task: Task, policy: AutoregressiveLM, num_sequences: int, *, lr: float = 0.02):
-        if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    def __init__(
+        self, task: Task, policy: AutoregressiveLM, num_sequences: int, *, lr: float = 0.02, **optimizer_options
+    ):
+        unknown = sorted(set(optimizer_options) - {f.name for f in dataclasses.fields(OptimizerSettings)})
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected option(s) {', '.join(unknown)}")
+        self.optim = OptimizerSettings(lr=lr, **optimizer_options)
         if int(num_sequences) < 2:
             raise ValueError(f"num_sequences must be >= 2 (the leave-one-out baseline needs two), got {num_sequences}")
         if policy.vocab_size != task.vocab_size:
@@ -76,32 +200,77 @@ class Trainer(ABC):
         self.task = task
         self.policy = policy
         self.num_sequences = int(num_sequences)
-        self.lr = float(lr)
+        self.lr = self.optim.lr
+        self.parameters = [p for p in self.policy.parameters() if p.requires_grad]
+        if not self.parameters:
+            raise ValueError("the policy has no trainable parameters (every requires_grad is False)")
         self.optimizer = self.make_optimizer()
+        self.steps_taken = 0  # optimizer steps so far: the schedule's clock
+        self.total_steps: int | None = None  # the run's length, for a decaying schedule (set by fit)
+        self.last_grad_norm: float | None = None
 
-    def make_optimizer(self):
-        """The optimizer (hook): Adam over the policy's trainable parameters."""
-        return torch.optim.Adam([p for p in self.policy.parameters() if p.requires_grad], lr=self.lr)
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer (hook): :meth:`OptimizerSettings.make_optimizer` over the trainable parameters."""
+        return self.optim.make_optimizer(self.parameters)
 
-    def update(self, loss: torch.Tensor) -> None:
-        """One optimizer step on ``loss`` (gradients zeroed first)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer steps per :meth:`step` (more than one when a batch is reused: PPO's epochs x minibatches).
+        The schedule's clock counts optimizer steps, as Hugging Face's schedulers do."""
+        return 1
+
+    def set_total_steps(self, steps: int) -> None:
+        """Tell a decaying schedule how long the run is, in trainer steps (:func:`fit` does, before the first)."""
+        self.total_steps = int(steps) * self.updates_per_step
+        if self.optim.needs_horizon:
+            self.optim.lr_factor(0, self.optim.schedule_steps or self.total_steps)  # refuses a horizon <= warm-up
+
+    @property
+    def current_lr(self) -> float:
+        """The learning rate the next optimizer step takes."""
+        return self.optim.lr * self.optim.lr_factor(self.steps_taken, self.total_steps)
+
+    def update(self, loss: torch.Tensor | None = None) -> None:
+        """One optimizer step on ``loss`` (gradients zeroed first); ``None``: on the gradients already in
+        ``.grad`` (SVI's ELBO computes them itself). Applies the schedule's learning rate and clips the
+        gradient norm when ``max_grad_norm`` is set (the norm before clipping is kept in ``last_grad_norm``)."""
+        if loss is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        if self.optim.max_grad_norm is not None:
+            self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, self.optim.max_grad_norm))
+        lr = self.current_lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.step()
+        self.steps_taken += 1
 
     @abstractmethod
     def step(self) -> dict[str, float]:
         """One update; returns scalar statistics of the batch."""
 
     def state_dict(self) -> dict:
-        """Everything a resume needs: the policy's trainable weights and the optimizer's state (extend it with
-        a trainer's own state)."""
-        return {"policy": trainable_state(self.policy), "optimizer": self.optimizer.state_dict()}
+        """Everything a resume needs: the policy's trainable weights, the optimizer's state and the schedule's
+        clock (extend it with a trainer's own state)."""
+        return {
+            "policy": trainable_state(self.policy),
+            "optimizer": self.optimizer.state_dict(),
+            "steps_taken": self.steps_taken,
+            "total_steps": self.total_steps,
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`; a checkpoint that does not fit the policy is refused with a ValueError."""
+        """Restore :meth:`state_dict`; a checkpoint that does not fit the policy is refused with a ValueError, and
+        so is a decaying schedule resumed over a different run length (its learning rates would change)."""
+        saved_total = state.get("total_steps")
+        if self.optim.needs_horizon and self.optim.schedule_steps is None and saved_total != self.total_steps:
+            raise ValueError(
+                f"its {self.optim.lr_schedule} schedule decays over {saved_total} steps, this run has "
+                f"{self.total_steps}; resume with --steps {saved_total}"
+            )
         load_trainable_state(self.policy, state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.steps_taken = int(state.get("steps_taken", 0))
 
     def reward_evaluations_per_step(self) -> int:
         return self.num_sequences
@@ -195,6 +364,7 @@ def fit(
     history: list[dict] = []
     start_step, wall = 0, 0.0
     seed_everything(seed)
+    trainer.set_total_steps(steps)
     if resume:
         if ckpt_path is None or not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")

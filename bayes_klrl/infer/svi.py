@@ -26,7 +26,7 @@ import pyro
 import pyro.optim
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, SVI, Trace_ELBO, TraceGraph_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceGraph_ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import prune_subsample_sites
@@ -35,7 +35,7 @@ from ..estimators import floor_infeasible, leave_one_out_baseline
 from ..lm import AutoregressiveLM
 from ..model import PLATE, PolicyGuide, model
 from ..task import Task
-from ..training import Trainer, load_trainable_state, trainable_state
+from ..training import Trainer
 
 __all__ = [
     "ESTIMATORS",
@@ -134,19 +134,29 @@ def make_elbo(estimator: str) -> tuple[ELBO, dict | None]:
 
 
 class SVITrainer(Trainer):
-    r"""``pyro.infer.SVI`` on :func:`~bayes_klrl.model.model` with :class:`~bayes_klrl.model.PolicyGuide`.
+    r"""SVI on :func:`~bayes_klrl.model.model` with :class:`~bayes_klrl.model.PolicyGuide`: Pyro's ELBO computes the
+    gradient, the trainer's optimizer (:class:`~bayes_klrl.training.OptimizerSettings`, the same as every RL
+    trainer's) takes the step.
+
+    This is ``pyro.infer.SVI.step`` written out — ``elbo.loss_and_grads(model, guide, ...)`` then one optimizer
+    step on the parameters ``pyro.module`` registered — so that learning-rate schedules, AdamW and gradient-norm
+    clipping act exactly as in the RL trainers. The gradient is taken on :math:`\beta\,\mathrm{ELBO}` per sequence,
+    which is :math:`J` per sequence (the ELBO identity): with the ``"loo"`` estimator it equals the REINFORCE
+    trainer's gradient, so a clipping threshold or a weight decay means the same thing in both.
 
     :param task: the task.
     :param policy: a trainable policy (e.g. ``task.make_policy()``).
     :param int num_sequences: sequences (particles) per step.
-    :param float lr: Adam learning rate.
+    :param float lr: the (peak) learning rate.
     :param str estimator: ``"loo"``, ``"trace"`` or ``"tracegraph"``.
     :param bool validate_every_step: run Pyro's validation (argument, support and site checks) on every step;
         by default only the first step is validated, which removes most of Pyro's per-step overhead.
+    :param optimizer_options: optimizer, schedule and clipping (:class:`~bayes_klrl.training.OptimizerSettings`).
 
     Example::
 
         >>> result = fit(SVITrainer(task, task.make_policy(), num_sequences=1024), steps=1500, seed=0)
+        >>> SVITrainer(task, task.make_policy(), 256, optimizer="adamw", lr_schedule="cosine", max_grad_norm=1.0)
     """
 
     method = "svi"
@@ -160,32 +170,29 @@ class SVITrainer(Trainer):
         lr: float = 0.02,
         estimator: str = "loo",
         validate_every_step: bool = False,
+        **optimizer_options,
     ):
-        super().__init__(task, policy, num_sequences, lr=lr)
+        super().__init__(task, policy, num_sequences, lr=lr, **optimizer_options)
         elbo, infer = make_elbo(estimator)
         pyro.clear_param_store()
         self.estimator = estimator
-        self.svi = SVI(model, PolicyGuide(policy, infer), self.optimizer, elbo)
+        self.elbo = elbo
+        self.guide = PolicyGuide(policy, infer)
         self.validate_every_step = validate_every_step
         self._validated = False
 
     def step(self) -> dict[str, float]:
         validate = self.validate_every_step or not self._validated
+        self.optimizer.zero_grad(set_to_none=True)
         with pyro.validation_enabled(validate and is_validation_enabled()):
-            loss = self.svi.step(self.task, self.num_sequences)
+            loss = self.elbo.loss_and_grads(model, self.guide, self.task, self.num_sequences)  # -ELBO, summed
         self._validated = True
+        scale = self.task.beta / self.num_sequences  # d(-ELBO summed) -> d(-J per sequence)
+        for p in self.parameters:
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        self.update()
         return {"elbo_estimate": -loss / self.num_sequences}
-
-    def make_optimizer(self):
-        """Pyro's Adam (a ``PyroOptim`` wrapping one torch Adam per parameter), as ``pyro.infer.SVI`` needs."""
-        return pyro.optim.Adam({"lr": self.lr})
-
-    def state_dict(self) -> dict:
-        return {"policy": trainable_state(self.policy), "optimizer": self.optimizer.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        load_trainable_state(self.policy, state["policy"])
-        self.optimizer.set_state(state["optimizer"])
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,7 @@ class DPGTrainer(Trainer):
     :param str normalize: without ``log_z``: ``"running"`` (divide by the running estimate of :math:`Z` over all
         batches so far, the default) or ``"batch"`` (self-normalize within each batch).
     :param bool baseline: with ``proposal="policy"``, subtract :math:`1/N` from each coefficient (default on).
+    :param optimizer_options: optimizer, schedule and clipping (:class:`~bayes_klrl.training.OptimizerSettings`).
 
     Example::
 
@@ -144,8 +145,9 @@ class DPGTrainer(Trainer):
         log_z: float | None = None,
         normalize: str = "running",
         baseline: bool = True,
+        **optimizer_options,
     ):
-        super().__init__(task, policy, num_sequences, lr=lr)
+        super().__init__(task, policy, num_sequences, lr=lr, **optimizer_options)
         if proposal not in PROPOSALS:
             raise ValueError(f"unknown DPG proposal {proposal!r}; choose one of {', '.join(PROPOSALS)}")
         if log_z is not None and not math.isfinite(log_z):

@@ -32,6 +32,7 @@ class PPOTrainer(Trainer):
     :param str kl_estimator: ``"k1"`` (unbiased) or ``"k3"`` (biased gradients when used in the loss).
     :param kl_target: if set, the adaptive controller moves β towards this KL (nats per sequence).
     :param int kl_horizon: the controller's horizon (in sequences).
+    :param optimizer_options: optimizer, schedule and clipping (:class:`~bayes_klrl.training.OptimizerSettings`).
 
     Example::
 
@@ -53,8 +54,9 @@ class PPOTrainer(Trainer):
         kl_estimator: str = "k1",
         kl_target: float | None = None,
         kl_horizon: int = 10_000,
+        **optimizer_options,
     ):
-        super().__init__(task, policy, num_sequences, lr=lr)
+        super().__init__(task, policy, num_sequences, lr=lr, **optimizer_options)
         kl_per_token(torch.zeros(1), torch.zeros(1), kl_estimator)  # validates the name
         if epochs < 1 or minibatches < 1 or num_sequences // minibatches < 2:
             raise ValueError("epochs and minibatches must be >= 1, with at least 2 sequences per minibatch")
@@ -65,6 +67,10 @@ class PPOTrainer(Trainer):
         self.epochs, self.minibatches, self.clip = epochs, minibatches, clip
         self.kl_estimator, self.kl_target, self.kl_horizon = kl_estimator, kl_target, kl_horizon
         self.beta = task.beta  # the controller may move it
+
+    @property
+    def updates_per_step(self) -> int:
+        return self.epochs * self.minibatches
 
     def _advantages(self, x: torch.Tensor, old_log_q: torch.Tensor) -> tuple[torch.Tensor, dict]:
         with torch.no_grad():

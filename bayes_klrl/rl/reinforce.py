@@ -13,6 +13,8 @@ ratio-corrected variant and Dr. GRPO are this trainer with other options (``PRES
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..lm import AutoregressiveLM
@@ -31,9 +33,10 @@ class ReinforceTrainer(Trainer):
     :param str kl_in: ``"reward"`` (default), ``"loss"`` or ``"none"`` (plain reward maximization, whose optimum
         is a point mass on :math:`\arg\max r`: distribution collapse). The reported ``objective_estimate`` is
         always :math:`r - \beta\,\mathrm{KL}` (k1).
-    :param recipe_options: the other fields of :class:`~bayes_klrl.rl.recipes.Recipe` (``kl_estimator``,
+    :param options: the other fields of :class:`~bayes_klrl.rl.recipes.Recipe` (``kl_estimator``,
         ``kl_ratio_correction``, ``advantage``, ``group_size``, ``normalization``, ``epochs``, ``minibatches``,
-        ``clip``).
+        ``clip``) and of :class:`~bayes_klrl.training.OptimizerSettings` (``optimizer``, ``weight_decay``,
+        ``lr_schedule``, ``warmup_steps``, ``max_grad_norm``).
 
     Example::
 
@@ -51,11 +54,17 @@ class ReinforceTrainer(Trainer):
         num_sequences: int = 1024,
         *,
         lr: float = 0.02,
-        **recipe_options,
+        **options,
     ):
-        super().__init__(task, policy, num_sequences, lr=lr)
-        self.recipe = Recipe(**recipe_options)
+        recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
+        optimizer_options = {k: v for k, v in options.items() if k not in recipe_fields}
+        super().__init__(task, policy, num_sequences, lr=lr, **optimizer_options)
+        self.recipe = Recipe(**{k: v for k, v in options.items() if k in recipe_fields})
         self.recipe.check_batch(self.num_sequences)
+
+    @property
+    def updates_per_step(self) -> int:
+        return self.recipe.epochs * self.recipe.minibatches
 
     def step(self) -> dict[str, float]:
         task, beta, recipe = self.task, self.task.beta, self.recipe
