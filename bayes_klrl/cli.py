@@ -36,6 +36,19 @@ def _override(text: str) -> tuple[str, object]:
     return key.strip(), parsed
 
 
+def _numbers(kind):
+    def parse(text: str):
+        try:
+            values = tuple(kind(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError("expected at least one value")
+        return values
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser. ``compare``'s options not given on the command line parse to ``None``, so a model
     file's ``COMPARE_DEFAULTS`` can fill them in below the command line."""
@@ -68,6 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare", help="output folder (default: runs/compare)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_config_arguments(p.add_argument_group("comparison settings"), CompareConfig, skip=("max_enumeration",))
+    g = p.add_argument_group(
+        "sweeps",
+        "several seeds and/or betas: one comparison per (beta, seed) in DIR/beta<b>_seed<s>/, run through an "
+        "executor, gathered in DIR/sweep.json and sweep.csv; the same seeds give the same metrics on any executor",
+    )
+    g.add_argument(
+        "--seeds", type=_numbers(int), default=None, metavar="S,S,...", help="seeds of the sweep (e.g. 0,1,2)"
+    )
+    g.add_argument("--betas", type=_numbers(float), default=None, metavar="B,B,...", help="betas of the sweep")
+    g.add_argument("--executor", choices=("serial", "process", "dask"), default=None,
+                   help="where the runs go: this process (serial, default), a local pool of --workers processes, "
+                   "or a Dask cluster (--scheduler, else a LocalCluster of --workers)")  # fmt: skip
+    g.add_argument("--workers", type=int, default=None, help="processes of the pool or the LocalCluster (default 2)")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786")
+    g.add_argument("--threads", type=int, default=1, help="torch threads per run of a sweep (default 1)")
 
     sub.add_parser(
         "tasks", help="list the shipped tasks", description="List shipped tasks with V, T, beta, enumerability."
@@ -123,6 +151,12 @@ def _compare(args) -> int:
     for note in unused_option_notes(config, given):
         print(note)
     out = prepare_output(args.out)  # an unusable folder is found before any training
+    sweeping = args.seeds is not None or args.betas is not None or args.executor not in (None, "serial")
+    if sweeping:
+        return _sweep(args, config, given, out)
+    for flag in ("workers", "scheduler"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag} applies to sweeps (--seeds, --betas or --executor)")
     enumerable = f"{task.num_sequences:,} sequences, enumerable" if task.is_enumerable() else "not enumerable"
     print(f"task {task.name}: V={task.vocab_size}, T={task.length}, beta={task.beta:g} ({enumerable})")
     try:
@@ -138,6 +172,38 @@ def _compare(args) -> int:
     for note in reading_notes(rows):
         print(note)
     print(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
+def _sweep(args, config, given: dict, out: Path) -> int:
+    from .compare import format_table
+    from .sweep import grid, run_sweep, save_sweep, sweep_rows
+
+    if args.seeds is not None and "seed" in given:
+        raise ValueError("--seed and --seeds both given; use --seeds")
+    if args.betas is not None and args.beta is not None:
+        raise ValueError("--beta and --betas both given; use --betas")
+    executor = args.executor or ("process" if args.workers and args.workers > 1 else "serial")
+    workers = args.workers if args.workers is not None else (1 if executor == "serial" else 2)
+    runs = grid(
+        args.model,
+        config,
+        seeds=args.seeds or (config.seed,),
+        betas=args.betas or (args.beta,),
+        out=out,
+        overrides=dict(args.overrides),
+        threads=args.threads,
+    )
+    where = {"serial": "in this process", "process": f"on {workers} local processes"}.get(
+        executor, f"on Dask ({args.scheduler or f'a LocalCluster of {workers} workers'})"
+    )
+    print(f"sweep: {len(runs)} runs ({', '.join(r.name for r in runs)}) {where}")
+    results = run_sweep(runs, executor=executor, workers=workers, scheduler=args.scheduler,
+                        progress=not args.no_progress)  # fmt: skip
+    save_sweep(results, out)
+    columns = ["folder", "method", "kl_q_to_posterior", "elbo", "expected_reward", "wall_seconds"]
+    print(format_table(sweep_rows(results), columns))
+    print(f"wrote {out / 'sweep.json'} and one folder per run")
     return 0
 
 
