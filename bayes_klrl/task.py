@@ -19,11 +19,27 @@ from dataclasses import dataclass
 import torch
 
 from .lm import AutoregressiveLM, TabularPolicy, num_prefixes
+from .lm.hf import HFCausalLM, LoRASettings
 
-__all__ = ["Task", "RewardError", "BayesKLRLWarning", "DEFAULT_MAX_ENUMERATION", "check_rewards"]
+__all__ = [
+    "Task",
+    "RewardError",
+    "BayesKLRLWarning",
+    "DEFAULT_MAX_ENUMERATION",
+    "MAX_TABULAR_LOGITS",
+    "POLICY_KINDS",
+    "check_rewards",
+    "resolve_policy_kind",
+]
 
 #: the largest number of sequences exact enumeration visits unless told otherwise (4**11)
 DEFAULT_MAX_ENUMERATION = 4_194_304
+
+#: the policy kinds :meth:`Task.make_policy` takes ("copy" is another name for "full")
+POLICY_KINDS = ("auto", "tabular", "full", "lora", "copy")
+
+#: the largest table (prefixes × V logits) ``"auto"`` picks a tabular policy for
+MAX_TABULAR_LOGITS = 2_000_000
 
 RewardFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -96,9 +112,10 @@ class Task:
         if not callable(self.reward):
             raise ValueError(f"reward must be callable, got {type(self.reward).__name__}")
         object.__setattr__(self, "beta", float(self.beta))
-        self.prior.frozen()
-        # one probe call so a wrong shape, dtype or NaN is caught before any run
-        probe = self.prior.sample(4, self.length, generator=torch.Generator(self.prior.device).manual_seed(0))
+        # the prior is left as given (its requires_grad flags are the caller's): every evaluation of it in the
+        # package runs without gradients. One probe call so a wrong shape, dtype or NaN is caught before any run.
+        with torch.no_grad():
+            probe = self.prior.sample(4, self.length, generator=torch.Generator(self.prior.device).manual_seed(0))
         self.rewards(probe)
 
     @property
@@ -151,17 +168,72 @@ class Task:
         """A copy with some fields changed (validated again), e.g. ``task.replace(beta=0.1)``."""
         return dataclasses.replace(self, **changes)
 
-    def make_policy(self, kind: str = "auto") -> AutoregressiveLM:
-        """A trainable policy initialized at the prior.
+    def make_policy(self, kind: str = "auto", *, lora: LoRASettings | None = None) -> AutoregressiveLM:
+        r"""A trainable policy initialized at the prior (:math:`q = \pi_0` before training).
 
-        :param kind: ``"tabular"`` (one row of logits per prefix: can represent π* exactly),
-            ``"copy"`` (a trainable copy of the prior's own architecture), or ``"auto"``:
-            tabular when its table holds at most 2 million logits, else copy.
+        :param str kind: one of :data:`POLICY_KINDS`:
+
+            - ``"tabular"``: one row of logits per prefix (:class:`~bayes_klrl.lm.TabularPolicy`): can represent
+              :math:`\pi^*` exactly;
+            - ``"full"`` (also ``"copy"``): a copy of the prior's own architecture with every weight trainable;
+            - ``"lora"``: for a Hugging Face prior (:class:`~bayes_klrl.lm.hf.HFCausalLM`) only, LoRA adapters on
+              weights shared with the prior;
+            - ``"auto"``: ``"lora"`` for a Hugging Face prior (never a table in place of the model), else
+              ``"tabular"`` when its table holds at most :data:`MAX_TABULAR_LOGITS` logits, else ``"full"``.
+              :func:`resolve_policy_kind` says which.
+        :param lora: the adapter of ``"lora"`` (default: the prior's ``lora`` setting, or
+            :class:`~bayes_klrl.lm.hf.LoRASettings` ``()`` when it has none).
+        :raises ValueError: one line, for an unknown kind, ``"lora"`` on another prior, or ``lora=`` with another
+            kind.
+
+        The prior itself is never changed (its ``requires_grad`` flags stay as the caller set them).
+
+        Example::
+
+            >>> type(task.make_policy()).__name__, resolve_policy_kind(task)
+            ('TabularPolicy', 'tabular')
+            >>> type(task.make_policy("full")).__name__
+            'MarkovLM'
         """
-        if kind == "auto":
-            kind = "tabular" if num_prefixes(self.vocab_size, self.length) * self.vocab_size <= 2_000_000 else "copy"
-        if kind == "tabular":
+        resolved = resolve_policy_kind(self, kind)
+        if lora is not None and resolved != "lora":
+            raise ValueError(f"lora= settings apply to the 'lora' policy kind only, not {resolved!r}")
+        if resolved == "tabular":
             return TabularPolicy(self.prior, self.length)
-        if kind == "copy":
-            return self.prior.trainable_copy()
-        raise ValueError(f"unknown policy kind {kind!r}; choose 'auto', 'tabular' or 'copy'")
+        if resolved == "lora":
+            settings = lora if lora is not None else (self.prior.lora or LoRASettings())
+            return self.prior.trainable_copy(settings)
+        if isinstance(self.prior, HFCausalLM):
+            return self.prior.trainable_copy(None)  # every weight, no adapter
+        return self.prior.trainable_copy()
+
+
+def resolve_policy_kind(task: Task, kind: str = "auto") -> str:
+    """The policy kind :meth:`Task.make_policy` builds for ``kind``: ``"tabular"``, ``"full"`` or ``"lora"``.
+
+    ``"auto"`` gives ``"lora"`` for a Hugging Face prior, else ``"tabular"`` when the table (one row of
+    :math:`V` logits per prefix) holds at most :data:`MAX_TABULAR_LOGITS` logits, else ``"full"``; ``"copy"``
+    gives ``"full"``.
+
+    :raises ValueError: one line, for a kind not in :data:`POLICY_KINDS`, or ``"lora"`` on a prior that is not
+        a Hugging Face LM.
+
+    Example::
+
+        >>> resolve_policy_kind(task, "auto"), resolve_policy_kind(task, "copy")
+        ('tabular', 'full')
+    """
+    if kind not in POLICY_KINDS:
+        raise ValueError(f"unknown policy kind {kind!r}; choose one of {', '.join(POLICY_KINDS)}")
+    hf = isinstance(task.prior, HFCausalLM)
+    if kind == "auto":
+        if hf:
+            return "lora"
+        fits = num_prefixes(task.vocab_size, task.length) * task.vocab_size <= MAX_TABULAR_LOGITS
+        return "tabular" if fits else "full"
+    if kind == "lora" and not hf:
+        raise ValueError(
+            f"policy kind 'lora' needs a Hugging Face prior (HFCausalLM), not {type(task.prior).__name__}: "
+            "use 'tabular' or 'full'"
+        )
+    return "full" if kind == "copy" else kind

@@ -15,7 +15,7 @@ optimizer state. The policy and the prior share the base weight storage: a secon
 A *vocabulary* :math:`\mathcal{V} = (v_0..v_{K-1})` of model token ids restricts the LM to :math:`K` tokens; the
 sequences then hold indices :math:`0..K-1` into it and the next-token distribution is renormalized over it,
 
-.. math:: \pi(x_t = k \mid c, x_{<t}) = \frac{p_\theta(v_k \mid c, v_{x_{<t}})}{\sum_{j<K} p_\theta(v_j \mid c, v_{x_{<t}})},
+.. math:: \pi(x_t = k \mid c, x_{<t}) = p_\theta(v_k \mid c, v_{x_{<t}}) \big/ \textstyle\sum_{j<K} p_\theta(v_j \mid c, v_{x_{<t}}),
 
 which makes a task on a real tokenizer enumerable (6 words, :math:`T = 5`: 7,776 sequences), with BOS, EOS and
 padding left out. Only the :math:`K` rows of the output head are computed.
@@ -42,7 +42,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import inspect
-import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -123,7 +122,8 @@ class LoRASettings:
             targets = tuple(targets)
             if not targets or not all(isinstance(t, str) and t for t in targets):
                 raise ValueError(
-                    f"LoRA target_modules must be module names, a regular expression or None, got {self.target_modules!r}"
+                    "LoRA target_modules must be module names, a regular expression or None, "
+                    f"got {self.target_modules!r}"
                 )
             object.__setattr__(self, "target_modules", targets)
         if not 0 <= self.dropout < 1:
@@ -581,7 +581,8 @@ class HFCausalLM(AutoregressiveLM):
 
         Example::
 
-            >>> policy = prior.trainable_copy(LoRASettings(rank=4, target_modules=("q_proj", "k_proj", "v_proj", "o_proj")))
+            >>> attention = ("q_proj", "k_proj", "v_proj", "o_proj")
+            >>> policy = prior.trainable_copy(LoRASettings(rank=4, target_modules=attention))
             >>> sum(p.numel() for p in policy.parameters() if p.requires_grad)
             460800
         """
