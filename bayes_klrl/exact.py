@@ -9,8 +9,15 @@ and for any policy :math:`q`:
 :math:`J(q) = \sum_x q(x) r(x) - \beta\,\mathrm{KL}(q\|\pi_0)`,
 :math:`\mathrm{KL}(q\|\pi^*) = \log Z - \mathrm{ELBO}(q)`, :math:`\mathrm{KL}(\pi^*\|q)` (differentiable:
 :func:`exact_forward_kl`) and total variation.
-Each batch of sequences is scored once into a :class:`~bayes_klrl.samples.ScoredSamples` (sequence number
-:math:`c` is :func:`~bayes_klrl.samples.sequences_from_codes` of :math:`c`, lexicographic order).
+Sequences are enumerated by prefix: sequence number :math:`c = pV + v` (lexicographic order,
+:func:`~bayes_klrl.sequences.sequences_from_codes`) is the prefix :math:`x_{<T}` number :math:`p` followed by
+token :math:`v`, and one teacher-forced pass over a batch of prefixes
+(:meth:`~bayes_klrl.lm.AutoregressiveLM.next_token_log_probs`) gives all :math:`V` of their continuations,
+
+.. math:: \log p(x_{<T}\, v) = \sum_{t<T} \log p(x_t \mid x_{<t}) + \log p(v \mid x_{<T}),
+
+so an LM runs :math:`V^{T-1}` rows instead of :math:`V^T`. Each batch is scored once into a
+:class:`~bayes_klrl.samples.ScoredSamples`; batches hold at most ``batch_size`` sequences, so memory stays bounded.
 Sums are taken in float64. Tasks larger than ``max_sequences`` are refused with a :class:`ValueError`.
 """
 
@@ -21,13 +28,14 @@ from dataclasses import dataclass
 import torch
 
 from .lm import AutoregressiveLM, TabularPolicy
-from .samples import score
+from .samples import ScoredSamples
 from .sequences import sequences_from_codes
 from .task import DEFAULT_MAX_ENUMERATION, Task
 
 __all__ = [
     "ExactPosterior",
     "PolicyMetrics",
+    "continuation_log_probs",
     "enumerate_sequences",
     "exact_posterior",
     "exact_elbo",
@@ -68,17 +76,69 @@ def _check_size(task: Task, max_sequences: int) -> None:
         )
 
 
-def _batches(task: Task, batch_size: int):
-    for start in range(0, task.num_sequences, batch_size):
-        stop = min(start + batch_size, task.num_sequences)
-        yield enumerate_sequences(task.vocab_size, task.length, start, stop).to(task.prior.device)  # (B, T)
+def _prefix_batches(task: Task, batch_size: int):
+    r"""The prefixes :math:`x_{<T}` in lexicographic batches of at most ``max(1, batch_size // V)``: yields
+    ``(start, prefixes)`` with ``prefixes`` LongTensor ``(B, T-1)`` numbered ``start .. start+B-1``."""
+    v, length = task.vocab_size, task.length
+    num_prefixes = v ** (length - 1)
+    per_batch = max(1, batch_size // v)
+    for start in range(0, num_prefixes, per_batch):
+        stop = min(start + per_batch, num_prefixes)
+        yield start, enumerate_sequences(v, length - 1, start, stop)  # (B, T-1)
+
+
+def continuation_log_probs(lm: AutoregressiveLM, prefixes: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log p(x_{<T}\,v)` of every one-token continuation of ``prefixes`` ``(B, T-1)``: float64
+    ``(B·V,)``, row :math:`bV + v` for prefix :math:`b` and token :math:`v` (the lexicographic order of the
+    continuations), from one teacher-forced pass; differentiable.
+
+    Example::
+
+        >>> prefixes = enumerate_sequences(task.vocab_size, task.length - 1)
+        >>> x = enumerate_sequences(task.vocab_size, task.length)
+        >>> torch.allclose(continuation_log_probs(task.prior, prefixes), task.prior.log_prob(x).double())
+        True
+    """
+    prefixes = prefixes.to(lm.device)
+    num_prefixes = prefixes.shape[0]
+    # the last input token is never read (causality): any token stands in for it
+    inputs = torch.cat([prefixes, prefixes.new_zeros(num_prefixes, 1)], dim=1)  # (B, T)
+    log_probs = lm.next_token_log_probs(inputs)  # (B, T, V)
+    prefix = log_probs[:, :-1].gather(-1, prefixes[..., None]).squeeze(-1).sum(-1)  # (B,) log p(x_<T)
+    # summed in the LM's dtype, token by token as lm.log_prob does, so both give the same numbers
+    return (prefix[:, None] + log_probs[:, -1]).reshape(-1).double()  # (B·V,)
 
 
 def _scored_batches(task: Task, batch_size: int, policy: AutoregressiveLM | None = None):
     """Every sequence in lexicographic batches, each a :class:`ScoredSamples` on the CPU; with ``policy``,
-    ``log_q`` is its log-probability, computed with gradients."""
-    for x in _batches(task, batch_size):
-        yield score(task, x, log_q=None if policy is None else policy.log_prob(x)).cpu()  # log q: (B,) differentiable
+    ``log_q`` is its log-probability, computed with gradients (the prior's without)."""
+    v, length = task.vocab_size, task.length
+    for start, prefixes in _prefix_batches(task, batch_size):
+        x = enumerate_sequences(v, length, start * v, (start + prefixes.shape[0]) * v)  # (B·V, T)
+        x = x.to(task.prior.device)
+        with torch.no_grad():
+            log_prior = continuation_log_probs(task.prior, prefixes).cpu()  # (B·V,)
+            reward = task.rewards(x).double().cpu()  # (B·V,)
+        if policy is None:
+            log_q = None
+        elif policy is task.prior:
+            log_q = log_prior
+        else:
+            log_q = continuation_log_probs(policy, prefixes).cpu()  # (B·V,) differentiable
+        yield ScoredSamples(tokens=x.cpu(), log_prior=log_prior, reward=reward, beta=task.beta, log_q=log_q)
+
+
+def _log_probs(task: Task, lm: AutoregressiveLM, batch_size: int) -> torch.Tensor:
+    r""":math:`\log p(x)` of ``lm`` at every sequence, float64 ``(V^T,)`` in enumeration order (with gradients
+    when enabled, except for the prior)."""
+    chunks = []
+    for _, prefixes in _prefix_batches(task, batch_size):
+        if lm is task.prior:
+            with torch.no_grad():
+                chunks.append(continuation_log_probs(lm, prefixes).cpu())
+        else:
+            chunks.append(continuation_log_probs(lm, prefixes).cpu())
+    return torch.cat(chunks)  # (V^T,)
 
 
 @dataclass(frozen=True)
@@ -183,10 +243,6 @@ def exact_posterior(
     )
 
 
-def _policy_log_probs(task: Task, policy: AutoregressiveLM, batch_size: int) -> torch.Tensor:
-    return torch.cat([policy.log_prob(x).double().cpu() for x in _batches(task, batch_size)])
-
-
 def exact_elbo(
     task: Task,
     policy: AutoregressiveLM,
@@ -253,7 +309,7 @@ def exact_forward_kl(
     """
     _check_size(task, max_sequences)
     posterior = posterior if posterior is not None else exact_posterior(task, max_sequences=max_sequences)
-    log_q = torch.cat([policy.log_prob(x).double().cpu() for x in _batches(task, batch_size)])  # (V^T,)
+    log_q = _log_probs(task, policy, batch_size)  # (V^T,) differentiable
     log_p = posterior.log_probs  # (V^T,)
     p = log_p.exp()
     return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(log_q)).sum()
@@ -301,7 +357,7 @@ def policy_metrics(
         0.0
     """
     posterior = posterior if posterior is not None else exact_posterior(task, batch_size=batch_size)
-    log_q = _policy_log_probs(task, policy, batch_size)
+    log_q = _log_probs(task, policy, batch_size)  # (V^T,)
     log_p, log_prior, r = posterior.log_probs, posterior.log_prior, posterior.rewards
     q, p = log_q.exp(), log_p.exp()
     elbo = _expectation(log_q, log_prior + r / task.beta - log_q)

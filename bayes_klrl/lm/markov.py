@@ -57,6 +57,10 @@ class CategoricalLM(AutoregressiveLM):
     def next_token_logits(self, prefixes):
         return self.logits.expand(prefixes.shape[0], -1)
 
+    def next_token_log_probs(self, sequences):
+        num_sequences, length = sequences.shape
+        return torch.log_softmax(self.logits, -1).expand(num_sequences, length, -1)  # (N, T, V)
+
 
 class MarkovLM(AutoregressiveLM):
     """First-order Markov chain over ``V`` tokens.
@@ -105,6 +109,12 @@ class MarkovLM(AutoregressiveLM):
         if prefixes.shape[1] == 0:
             return self.initial_logits.expand(prefixes.shape[0], -1)
         return self.transition_logits[prefixes[:, -1].to(self.device)]
+
+    def next_token_log_probs(self, sequences):
+        sequences = sequences.to(self.device)
+        first = torch.log_softmax(self.initial_logits, -1).expand(sequences.shape[0], 1, -1)  # (N, 1, V)
+        trans = torch.log_softmax(self.transition_logits, -1)  # (V, V)
+        return torch.cat([first, trans[sequences[:, :-1]]], dim=1)  # (N, T, V): row x_{t-1} of the transitions
 
     def token_log_probs(self, sequences):
         sequences = sequences.to(self.device)

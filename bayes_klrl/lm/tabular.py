@@ -99,6 +99,11 @@ class TabularPolicy(AutoregressiveLM):
         log_probs = torch.log_softmax(self.logits, -1)  # (rows, V)
         return log_probs[self._row_indices(sequences), sequences]  # (N, T)
 
+    def next_token_log_probs(self, sequences):
+        sequences = sequences.to(self.logits.device)
+        log_probs = torch.log_softmax(self.logits, -1)  # (rows, V)
+        return log_probs[self._row_indices(sequences)]  # (N, T, V)
+
     def next_token_logits(self, prefixes):
         prefixes = prefixes.to(self.logits.device)
         t = prefixes.shape[1]

@@ -305,6 +305,21 @@ class TinyTransformerLM(AutoregressiveLM):
         log_probs = torch.log_softmax(self.forward(prefixes), dim=-1)  # (U, T, V)
         return log_probs[inverse].gather(-1, sequences[..., None]).squeeze(-1)  # (N, T)
 
+    def next_token_log_probs(self, sequences: torch.Tensor) -> torch.Tensor:
+        r"""The next-token distribution at every position, :math:`\log p(\cdot \mid x_{<t})`: ``(N, T, V)``, in
+        one teacher-forced pass (:math:`x_T` is never read).
+
+        Example::
+
+            >>> lm = TinyTransformerLM(TransformerConfig(vocab_size=4, max_length=3), seed=0)
+            >>> lm.next_token_log_probs(torch.zeros(2, 3, dtype=torch.long)).exp().sum(-1).shape
+            torch.Size([2, 3])
+        """
+        _check_tokens(sequences, "sequences", self.vocab_size)
+        if sequences.shape[1] < 1:
+            raise ValueError(f"sequences must have shape (N, T) with T >= 1, got {tuple(sequences.shape)}")
+        return torch.log_softmax(self.forward(sequences[:, :-1]), dim=-1)  # (N, T, V)
+
     # -- checkpoints --------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> Path:
         """Write config, ``state_dict`` and ``metadata`` (plain values only) to ``path`` atomically.
