@@ -18,12 +18,15 @@ Example (every figure in a few minutes on 2 CPU cores)::
 
     python analysis/report.py --quick --out runs/report
 
-``--plot-only`` redraws the figures from the data already in ``DIR/<experiment>/``.
+``--plot-only`` redraws the figures from the data already in ``DIR/<experiment>/``. The experiments are
+independent: ``--workers 2`` runs them on a local process pool, ``--executor dask`` on a Dask cluster
+(:mod:`bayes_klrl.sweep`); each writes only its own folder, and the report gathers them.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import importlib
 import json
 import sys
@@ -36,6 +39,7 @@ from _common import has_saved_data
 from bayes_klrl.compare import prepare_output
 from bayes_klrl.config import parse_names
 from bayes_klrl.storage import write_json
+from bayes_klrl.sweep import EXECUTORS, call_in_file, make_executor
 
 #: the experiment scripts (files of this folder), in the report's order; each has NAME, Config, run, plot, main
 MODULES = ("learning_curves", "beta_sweep", "forward_reverse", "posterior", "khat", "mcmc_diagnostics", "recipes")
@@ -85,6 +89,13 @@ def parser() -> argparse.ArgumentParser:
         "--plot-only", action="store_true", help="only redraw the figures from the data already in DIR/<experiment>/"
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    g = p.add_argument_group("executor", "the experiments are independent: run them side by side")
+    g.add_argument("--executor", choices=EXECUTORS, default=None,
+                   help="serial (default), a local pool of --workers processes, or Dask (--scheduler, else a "
+                   "LocalCluster of --workers)")  # fmt: skip
+    g.add_argument("--workers", type=int, default=None, help="processes of the pool or the LocalCluster (default 2)")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786")
+    g.add_argument("--threads", type=int, default=1, help="torch threads per experiment on a pool or cluster")
     return p
 
 
@@ -101,24 +112,55 @@ def report(args: argparse.Namespace) -> int:
     out = Path(args.out)
     index_path = out / "report.json"
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-    for name in only:
-        module = known[name]
-        config = module.Config.quick() if args.quick else module.Config()
-        print(f"[{name}] {description(module)}", flush=True)
-        entry = run_experiment(module, config, out / name, progress=not args.no_progress, plot_only=args.plot_only)
-        if args.plot_only and name in index:  # keep the record of the run that made the data
-            index[name]["figures"] = entry["figures"]
-            entry = index[name]
-        quick = " --quick" if args.quick else ""
-        entry["command"] = f"bayes-klrl report{quick} --only {name} --out {out}"
-        entry["script"] = f"python analysis/{Path(module.__file__).name}{quick} --out {out / name}"
-        entry["quick"] = bool(args.quick)
-        index[name] = entry
-        write_json(index_path, index)
-        for figure in entry["figures"]:
-            print(f"  {out / name / figure}")
-        print(f"  ({entry['seconds']:.1f} s)", flush=True)
+    executor = args.executor or ("process" if args.workers and args.workers > 1 else "serial")
+    workers = args.workers if args.workers is not None else (1 if executor == "serial" else 2)
+    progress = not args.no_progress and executor == "serial"
+    with make_executor(executor, workers=workers, scheduler=args.scheduler) as pool:
+        futures = {}
+        for name in only:
+            module = known[name]
+            config = module.Config.quick() if args.quick else module.Config()
+            print(f"[{name}] {description(module)}" + ("" if executor == "serial" else " (submitted)"), flush=True)
+            if executor == "serial":
+                future = pool.submit(run_experiment, module, config, out / name, progress=progress,
+                                     plot_only=args.plot_only)  # fmt: skip
+            else:  # a worker imports this file itself, then runs the experiment
+                future = pool.submit(call_in_file, __file__, "run_named", name, args.quick, str(out / name),
+                                     plot_only=args.plot_only, threads=args.threads)  # fmt: skip
+            futures[future] = name
+            if executor == "serial":
+                _record(index, index_path, out, known[name], future.result(), args)
+        if executor != "serial":
+            for future in concurrent.futures.as_completed(futures):
+                name = futures[future]
+                print(f"[{name}] done", flush=True)
+                _record(index, index_path, out, known[name], future.result(), args)
     return 0
+
+
+def run_named(name: str, quick: bool, out: str, *, plot_only: bool = False) -> dict:
+    """:func:`run_experiment` of the experiment called ``name`` with its full or quick settings (what an
+    executor's worker runs)."""
+    module = experiments()[name]
+    config = module.Config.quick() if quick else module.Config()
+    return run_experiment(module, config, out, progress=False, plot_only=plot_only)
+
+
+def _record(index: dict, index_path: Path, out: Path, module: ModuleType, entry: dict, args) -> None:
+    """Add one experiment's entry to ``report.json`` (written atomically after each) and print its figures."""
+    name = module.NAME
+    if args.plot_only and name in index:  # keep the record of the run that made the data
+        index[name]["figures"] = entry["figures"]
+        entry = index[name]
+    quick = " --quick" if args.quick else ""
+    entry["command"] = f"bayes-klrl report{quick} --only {name} --out {out}"
+    entry["script"] = f"python analysis/{Path(module.__file__).name}{quick} --out {out / name}"
+    entry["quick"] = bool(args.quick)
+    index[name] = entry
+    write_json(index_path, index)
+    for figure in entry["figures"]:
+        print(f"  {out / name / figure}")
+    print(f"  ({entry['seconds']:.1f} s)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

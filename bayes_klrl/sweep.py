@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from .compare import CompareConfig, prepare_output, run_compare, save_comparison
 from .storage import write_csv, write_json
 
-__all__ = ["EXECUTORS", "SweepRun", "grid", "make_executor", "run_one", "run_sweep", "save_sweep"]
+__all__ = ["EXECUTORS", "SweepRun", "call_in_file", "grid", "make_executor", "run_one", "run_sweep", "save_sweep"]
 
 EXECUTORS = ("serial", "process", "dask")
 _CLUSTER_HINT = "pip install 'bayes_klrl[cluster]' (dask[distributed])"
@@ -172,6 +172,29 @@ def make_executor(kind: str = "serial", *, workers: int = 1, scheduler: str | No
                 Client(cluster) as client,
             ):
                 yield client.get_executor()
+
+
+def call_in_file(path: str, function: str, *args, threads: int = 1, **kwargs):
+    """Import the Python file ``path`` (its folder first on ``sys.path``, as running it would) and call its
+    ``function``: how a script's work (an experiment of ``analysis/``) is sent to an executor's worker, which
+    cannot import a script by module name."""
+    import importlib.util
+    import sys
+
+    import torch
+
+    torch.set_num_threads(int(threads))
+    folder = str(Path(path).resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    name = f"_bayes_klrl_file_{Path(path).stem}"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return getattr(module, function)(*args, **kwargs)
 
 
 def run_sweep(
