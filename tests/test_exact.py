@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from bayes_klrl import exact_elbo, exact_objective, exact_posterior, policy_metrics
+from bayes_klrl import CategoricalLM, MarkovLM, Task, exact_elbo, exact_objective, exact_posterior, policy_metrics
 from bayes_klrl.exact import enumerate_sequences, exact_forward_kl, posterior_policy
+from bayes_klrl.tasks.rewards import KeywordCount
 
 from .conftest import perturbed_policy, small_markov_task
 
@@ -113,3 +114,76 @@ def test_forward_kl_is_zero_at_the_posterior_and_refuses_large_tasks(small_task)
     assert float(exact_forward_kl(small_task, q).detach()) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="exact-enumeration limit"):
         exact_forward_kl(small_task, q, max_sequences=10)
+
+
+# -- enumeration by prefix against scoring every sequence on its own -----------------------------------------
+
+#: float32 sums of the same per-token terms, in float64 afterwards
+PREFIX_TOL = 1e-5
+
+
+def _toy_task(kind: str) -> Task:
+    from bayes_klrl.lm import TinyTransformerLM
+    from bayes_klrl.lm.transformer import TransformerConfig
+
+    if kind == "bandit":
+        prior, length = CategoricalLM(torch.tensor([0.3, -1.0, 0.5, 2.0])), 1
+    elif kind == "markov":
+        prior, length = MarkovLM.random(3, seed=4, concentration=2.0), 4
+    else:
+        prior, length = TinyTransformerLM(TransformerConfig(vocab_size=3, max_length=4, d_model=16), seed=1), 4
+    return Task(prior=prior, reward=KeywordCount(keywords=(1,), scale=1.0), beta=0.7, length=length, name=kind)
+
+
+def _per_sequence(task: Task, policy) -> dict:
+    """Exact figures from ``log_prob`` of every sequence, one row each: the reference for the prefix pass."""
+    x = enumerate_sequences(task.vocab_size, task.length)
+    with torch.no_grad():
+        log_prior = task.prior.log_prob(x).double()
+    log_q = policy.log_prob(x).double()  # differentiable
+    log_joint = log_prior + task.rewards(x).double() / task.beta
+    log_z = torch.logsumexp(log_joint, 0)
+    log_p = (log_joint - log_z).detach()
+    q = log_q.exp()
+    return {
+        "log_prior": log_prior,
+        "log_z": float(log_z),
+        "elbo": (q * (log_joint - log_q)).sum(),
+        "kl_q_to_posterior": (q * (log_q - log_p)).sum(),
+        "kl_posterior_to_q": (log_p.exp() * (log_p - log_q)).sum(),
+    }
+
+
+@pytest.mark.parametrize("batch_size", [2, 7, 65_536], ids=["below-V", "partial-batches", "one-batch"])
+@pytest.mark.parametrize("kind", ["bandit", "markov", "transformer"])
+def test_prefix_enumeration_equals_per_sequence_scoring(kind, batch_size):
+    task = _toy_task(kind)
+    policy = task.make_policy("full")
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+    reference = _per_sequence(task, policy)
+    post = exact_posterior(task, batch_size=batch_size)
+    torch.testing.assert_close(post.log_prior, reference["log_prior"], atol=PREFIX_TOL, rtol=0)
+    assert post.log_z == pytest.approx(reference["log_z"], abs=PREFIX_TOL)
+    m = policy_metrics(task, policy, post, batch_size=batch_size)
+    for name in ("elbo", "kl_q_to_posterior", "kl_posterior_to_q"):
+        assert getattr(m, name) == pytest.approx(float(reference[name].detach()), abs=PREFIX_TOL), name
+    assert m.kl_q_to_posterior > 0.01
+    parameters = [p for p in policy.parameters() if p.requires_grad]
+    fast = torch.autograd.grad(exact_elbo(task, policy, batch_size=batch_size), parameters)
+    slow = torch.autograd.grad(reference["elbo"], parameters)
+    for a, b in zip(fast, slow):
+        assert a.abs().max() > 0 or b.abs().max() == 0
+        torch.testing.assert_close(a.double(), b.double(), atol=GRAD_TOL * 10, rtol=1e-4)
+    forward = exact_forward_kl(task, policy, post, batch_size=batch_size)
+    assert float(forward.detach()) == pytest.approx(float(reference["kl_posterior_to_q"].detach()), abs=PREFIX_TOL)
+
+
+def test_exact_gradients_with_a_tabular_policy_match_per_sequence_scoring(small_task):
+    policy = perturbed_policy(small_task, scale=1.0, seed=3)
+    reference = _per_sequence(small_task, policy)
+    (fast,) = torch.autograd.grad(exact_elbo(small_task, policy, batch_size=4), policy.logits)
+    (slow,) = torch.autograd.grad(reference["elbo"], policy.logits)
+    assert slow.abs().max() > 1e-3
+    torch.testing.assert_close(fast.double(), slow.double(), atol=GRAD_TOL, rtol=0)

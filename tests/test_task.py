@@ -87,3 +87,28 @@ def test_num_sequences_and_policy_kinds():
     assert type(task.make_policy("copy")).__name__ == "MarkovLM"
     with pytest.raises(ValueError, match="unknown policy kind"):
         task.make_policy("lstm")
+
+
+def test_policy_kinds_resolve_and_name_bad_choices():
+    from bayes_klrl.lm import TinyTransformerLM
+    from bayes_klrl.lm.transformer import TransformerConfig
+    from bayes_klrl.task import MAX_TABULAR_LOGITS, POLICY_KINDS, resolve_policy_kind
+
+    task = make()
+    assert POLICY_KINDS == ("auto", "tabular", "full", "lora", "copy")
+    assert [resolve_policy_kind(task, k) for k in ("auto", "tabular", "full", "copy")] == ["tabular"] * 2 + ["full"] * 2
+    full = task.make_policy("full")
+    assert type(full) is MarkovLM and all(p.requires_grad for p in full.parameters())
+    assert not any(p.requires_grad for p in PRIOR.parameters())  # the prior is left as it was
+    big = make(length=14)  # 3^13 prefix rows × 3 logits: above the table limit
+    assert big.vocab_size * sum(3**t for t in range(14)) > MAX_TABULAR_LOGITS
+    assert resolve_policy_kind(big) == "full"
+    with pytest.raises(ValueError, match="policy kind 'lora' needs a Hugging Face prior") as info:
+        task.make_policy("lora")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="unknown policy kind 'lstm'; choose one of auto, tabular, full, lora, copy"):
+        resolve_policy_kind(task, "lstm")
+    lm = TinyTransformerLM(TransformerConfig(vocab_size=3, max_length=3), seed=0)
+    flags = [p.requires_grad for p in lm.parameters()]
+    make(prior=lm)  # Task no longer switches the prior's gradients off in place
+    assert [p.requires_grad for p in lm.parameters()] == flags and all(flags)
