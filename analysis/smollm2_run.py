@@ -162,7 +162,7 @@ def run(config: Config, out: str | Path, *, progress: bool = False) -> dict:
     write_samples(out / "samples_before.txt", before, f"prior pi0, beta={task.beta}")
     print(f"prior: mean reward {before['rewards'].mean():.3f} over {config.eval_samples} samples", flush=True)
 
-    policy = task.make_policy("copy")  # LoRA on shared frozen weights
+    policy = task.make_policy("lora")  # LoRA on shared frozen weights
     num_trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     trainer = make_trainer(config.method, task, policy, config.batch, lr=config.lr)
     result = fit(trainer, steps=config.steps, seed=config.seed, log_every=config.log_every, progress=progress)

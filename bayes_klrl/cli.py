@@ -134,8 +134,9 @@ def _compare(args) -> int:
     from .compare import CompareConfig, format_table, prepare_output, run_compare, save_comparison
     from .config import config_from_args, given_options
     from .diagnostics import reading_notes
+    from .methods import trained_methods
     from .modelfile import load_model
-    from .task import RewardError
+    from .task import RewardError, resolve_policy_kind
 
     # the model file is imported once; its COMPARE_DEFAULTS sit below the command line
     task, from_file, path = load_model(args.model, **dict(args.overrides))
@@ -159,6 +160,9 @@ def _compare(args) -> int:
             raise ValueError(f"--{flag} applies to sweeps (--seeds, --betas or --executor)")
     enumerable = f"{task.num_sequences:,} sequences, enumerable" if task.is_enumerable() else "not enumerable"
     print(f"task {task.name}: V={task.vocab_size}, T={task.length}, beta={task.beta:g} ({enumerable})")
+    if any(m in trained_methods() for m in config.methods):
+        chosen = resolve_policy_kind(task, config.policy)
+        print(f"policy: {chosen}" + (f" ({config.policy})" if config.policy != chosen else ""))
     try:
         comparison = run_compare(task, config, checkpoint_dir=out, progress=not args.no_progress)
     except RewardError as exc:  # the reward passed the construction check but failed on a later batch

@@ -53,6 +53,12 @@ def _recipe_choices(name: str) -> tuple[str, ...]:
     return getattr(recipes, name)
 
 
+def _policy_kinds() -> tuple[str, ...]:
+    from .task import POLICY_KINDS
+
+    return POLICY_KINDS
+
+
 def _training_choices(name: str) -> tuple[str, ...]:
     from . import training
 
@@ -81,8 +87,9 @@ class CompareConfig:
     warmup_steps: int = option(0, "optimizer steps of linear learning-rate warm-up from 0")
     max_grad_norm: float | None = option(None, "clip the gradient's global L2 norm to this (none: no clipping)")
     seed: int = option(0, "seeds every method's run alike")
-    policy: str = option("auto", "policy class (auto: tabular when it fits, else a copy of the prior)",
-                         choices=("auto", "tabular", "copy"))  # fmt: skip
+    policy: str = option("auto", "the policy: tabular (a logit table per prefix), full (a trainable copy of the prior), "
+                         "lora (Hugging Face priors), auto (lora for Hugging Face priors, else tabular when it fits, "
+                         "else full); copy = full", choices=_policy_kinds)  # fmt: skip
     estimator: str = option("loo", "SVI gradient estimator", choices=_estimators)
     kl_estimator: str | None = option(
         None, "per-token KL estimator (none: each method's own, k1 for rl and ppo, k3 for the GRPO recipes)",

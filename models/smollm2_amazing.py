@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 
 from bayes_klrl import Task
-from bayes_klrl.lm.hf import HFCausalLM, chat_prompt, load_smollm2
+from bayes_klrl.lm.hf import HFCausalLM, LoRASettings, chat_prompt, load_smollm2
 from bayes_klrl.tasks.text_rewards import WordPresence
 
 QUESTION = "Describe your last vacation in one sentence."
@@ -49,7 +49,8 @@ def task(
     question: str = QUESTION,
 ) -> Task:
     model, tokenizer = _smollm2(str(device))
-    prior = HFCausalLM(model, tokenizer, chat_prompt(tokenizer, question), device=device)
+    attention = LoRASettings(target_modules=("q_proj", "k_proj", "v_proj", "o_proj"))  # every attention projection
+    prior = HFCausalLM(model, tokenizer, chat_prompt(tokenizer, question), device=device, lora=attention)
     reward = WordPresence(
         prior.decode, (word,), present=0.0 if constraint else 1.0, absent=-float("inf") if constraint else 0.0
     )

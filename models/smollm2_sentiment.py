@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 
 from bayes_klrl import Task
-from bayes_klrl.lm.hf import HFCausalLM, chat_prompt, load_smollm2
+from bayes_klrl.lm.hf import HFCausalLM, LoRASettings, chat_prompt, load_smollm2
 from bayes_klrl.tasks.text_rewards import EmbeddingContrast, LexiconSentiment, load_minilm
 
 QUESTION = "Write one sentence about a movie you watched."
@@ -58,7 +58,8 @@ def task(
     question: str = QUESTION,
 ) -> Task:
     model, tokenizer = _smollm2(str(device))
-    prior = HFCausalLM(model, tokenizer, chat_prompt(tokenizer, question), device=device)
+    attention = LoRASettings(target_modules=("q_proj", "k_proj", "v_proj", "o_proj"))  # every attention projection
+    prior = HFCausalLM(model, tokenizer, chat_prompt(tokenizer, question), device=device, lora=attention)
     if reward == "embedding":
         reward_fn = EmbeddingContrast(prior.decode, POSITIVE, NEGATIVE, encoder=_minilm(str(device)), scale=scale)
     elif reward == "lexicon":
