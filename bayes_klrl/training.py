@@ -13,6 +13,7 @@ continues from the checkpoint to the same final parameters as an uninterrupted r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import random
 import time
@@ -204,6 +205,16 @@ class Trainer(ABC):
         self.parameters = [p for p in self.policy.parameters() if p.requires_grad]
         if not self.parameters:
             raise ValueError("the policy has no trainable parameters (every requires_grad is False)")
+        self.rank, self.world_size = world()
+        if self.num_sequences % self.world_size:
+            raise ValueError(
+                f"num_sequences {self.num_sequences} does not split over {self.world_size} data-parallel ranks"
+            )
+        self.identical_sampling = False  # data-parallel: True makes every rank draw the whole batch (tests)
+        if self.world_size > 1:  # every rank starts from rank 0's weights
+            with torch.no_grad():
+                for p in self.parameters:
+                    torch.distributed.broadcast(p, src=0)
         self.optimizer = self.make_optimizer()
         self.steps_taken = 0  # optimizer steps so far: the schedule's clock
         self.total_steps: int | None = None  # the run's length, for a decaying schedule (set by fit)
@@ -230,6 +241,49 @@ class Trainer(ABC):
         """The learning rate the next optimizer step takes."""
         return self.optim.lr * self.optim.lr_factor(self.steps_taken, self.total_steps)
 
+    # -- data parallelism (torch.distributed): identity on one process -----------------------------------------
+    @property
+    def local_num_sequences(self) -> int:
+        """Sequences this rank draws per step: ``num_sequences / world_size``."""
+        return self.num_sequences // self.world_size
+
+    def sample_batch(self) -> torch.Tensor:
+        """This rank's share ``(num_sequences / world_size, T)`` of the step's batch, from its own random stream
+        (with ``identical_sampling``, every rank draws the whole batch from the same stream and keeps its rows,
+        so a data-parallel run repeats a one-process run exactly)."""
+        length = self.task.length
+        if self.world_size == 1:
+            return self.policy.sample(self.num_sequences, length)
+        if self.identical_sampling:
+            return self.shard(self.policy.sample(self.num_sequences, length))
+        return self.policy.sample(self.local_num_sequences, length)
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """The whole batch's ``values`` from every rank's share (rank order, along dim 0); what a statistic over
+        the batch needs (leave-one-out means, group statistics)."""
+        if self.world_size == 1:
+            return values
+        parts = [torch.empty_like(values) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, values.contiguous())
+        return torch.cat(parts)
+
+    def shard(self, values: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a whole-batch tensor (the inverse of :meth:`gather`)."""
+        if self.world_size == 1:
+            return values
+        n = values.shape[0] // self.world_size
+        return values[self.rank * n : (self.rank + 1) * n]
+
+    def reduce_stats(self, stats: dict) -> dict:
+        """Float statistics averaged over the ranks (each is a mean over its equal share), so every rank logs
+        and stops alike."""
+        if self.world_size == 1:
+            return stats
+        keys = [k for k, v in stats.items() if isinstance(v, float)]
+        values = torch.tensor([stats[k] for k in keys], dtype=torch.float64)
+        torch.distributed.all_reduce(values)
+        return {**stats, **dict(zip(keys, (values / self.world_size).tolist()))}
+
     def update(self, loss: torch.Tensor | None = None) -> None:
         """One optimizer step on ``loss`` (gradients zeroed first); ``None``: on the gradients already in
         ``.grad`` (SVI's ELBO computes them itself). Applies the schedule's learning rate and clips the
@@ -237,6 +291,12 @@ class Trainer(ABC):
         if loss is not None:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+        if self.world_size > 1:  # each rank's loss is a mean over its share: average the gradients
+            for p in self.parameters:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= self.world_size
         if self.optim.max_grad_norm is not None:
             self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, self.optim.max_grad_norm))
         lr = self.current_lr
@@ -274,6 +334,33 @@ class Trainer(ABC):
 
     def reward_evaluations_per_step(self) -> int:
         return self.num_sequences
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the torch.distributed process group, ``(0, 1)`` when there is none."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def init_distributed_from_env() -> tuple[int, int]:
+    """Join the process group ``torchrun`` describes in the environment (``WORLD_SIZE``, ``RANK``,
+    ``MASTER_ADDR``...): backend nccl with CUDA, else gloo. Nothing happens without ``WORLD_SIZE`` > 1.
+    Returns ``(rank, world_size)``."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    return world()
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of data-parallel rank ``rank`` of a run seeded ``seed`` (rank 0 keeps ``seed``)."""
+    if rank == 0:
+        return int(seed)
+    digest = hashlib.sha256(f"{int(seed)}:{int(rank)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def seed_everything(seed: int) -> None:
@@ -344,6 +431,11 @@ def fit(
     :param checkpoint_dir: where ``checkpoint.pt`` goes; with ``checkpoint_every > 0`` it is written every
         that many steps, and always at the end and on Ctrl-C.
     :param bool resume: continue from ``checkpoint_dir/checkpoint.pt`` (its step, trainer state, RNG and history).
+    Data parallel: when a torch.distributed process group is up (``torchrun``; :func:`init_distributed_from_env`),
+    every rank runs ``fit`` with the same arguments; each draws its share of the batch from its own stream
+    (:func:`rank_seed`), gradients are averaged over the ranks, statistics over the whole batch are gathered by
+    the trainer, and only rank 0 writes the checkpoint (with every rank's random state, so resume stays exact).
+
     :param settings: plain values that define the run (learning rate, batch size, β, …), stored in the
         checkpoint; resuming with different values is refused, so a run never mixes two configurations.
         ``steps`` may grow: a finished run can be extended; a checkpoint past ``steps`` is refused.
@@ -363,7 +455,8 @@ def fit(
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     history: list[dict] = []
     start_step, wall = 0, 0.0
-    seed_everything(seed)
+    distributed = trainer.world_size > 1
+    seed_everything(seed if trainer.identical_sampling else rank_seed(seed, trainer.rank))
     trainer.set_total_steps(steps)
     if resume:
         if ckpt_path is None or not ckpt_path.exists():
@@ -390,7 +483,14 @@ def fit(
             trainer.load_state_dict(state["trainer"])
         except (ValueError, RuntimeError, KeyError) as exc:
             raise ValueError(f"checkpoint {ckpt_path} does not fit this run: {str(exc).splitlines()[0]}") from exc
-        torch.set_rng_state(state["rng"])
+        saved_ranks = len(state.get("rank_rngs") or [None])
+        if saved_ranks != trainer.world_size:
+            raise ValueError(
+                f"checkpoint {ckpt_path} was written by {saved_ranks} data-parallel rank(s), this run has "
+                f"{trainer.world_size}: resume with as many"
+            )
+        rng = state["rng"] if not distributed else state["rank_rngs"][trainer.rank]
+        torch.set_rng_state(rng)
         random.setstate(_restore_python_rng(state["python_rng"]))
         start_step, wall, history = state["step"], state["wall_seconds"], list(state["history"])
 
@@ -407,6 +507,12 @@ def fit(
     def save(step: int) -> None:
         if ckpt_path is None:
             return
+        rank_rngs = None
+        if distributed:  # every rank's stream, so each resumes its own; rank 0 writes
+            rank_rngs = [None] * trainer.world_size
+            torch.distributed.all_gather_object(rank_rngs, torch.get_rng_state())
+            if trainer.rank != 0:
+                return
         save_torch(
             {
                 "method": trainer.method,
@@ -414,6 +520,7 @@ def fit(
                 "step": step,
                 "trainer": trainer.state_dict(),
                 "rng": torch.get_rng_state(),
+                "rank_rngs": rank_rngs,
                 "python_rng": random.getstate(),
                 "wall_seconds": wall,
                 "history": history,
@@ -429,7 +536,7 @@ def fit(
     try:
         while step < steps:
             t0 = time.perf_counter()
-            stats = trainer.step()
+            stats = trainer.reduce_stats(trainer.step())
             wall += time.perf_counter() - t0
             step += 1
             bar.update(1)
