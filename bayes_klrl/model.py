@@ -129,7 +129,7 @@ class SequenceDistribution(TorchDistribution):
             )
         return self
 
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape=()) -> torch.Tensor:
         """``N`` sequences, LongTensor ``(N, T)``; no graph is built."""
         if torch.Size(sample_shape):
             raise NotImplementedError("SequenceDistribution draws its batch of N sequences; sample_shape must be ()")
