@@ -14,6 +14,7 @@ import torch
 
 __all__ = [
     "INFEASIBLE_MARGIN",
+    "KL_GRADIENTS",
     "NoFeasibleSampleWarning",
     "floor_infeasible",
     "later_sum",
@@ -27,6 +28,10 @@ __all__ = [
 #: variation 0.071 to π*, margin 8 reached 0.146 and margin 20 reached 0.243 (a large margin makes the
 #: penalty dominate and the policy over-concentrates before it spreads back).
 INFEASIBLE_MARGIN = 3.0
+
+#: how the KL part of the gradient is estimated: from the sampled log-ratio, or exactly per token
+#: (:func:`rao_blackwell_surrogate`)
+KL_GRADIENTS = ("sampled", "analytic")
 
 
 class NoFeasibleSampleWarning(RuntimeWarning):
@@ -133,7 +138,9 @@ def rao_blackwell_surrogate(token_log_q: torch.Tensor, token_kl: torch.Tensor, r
     Compared with the sampled :math:`\log q(x) - \log\pi_0(x) = \sum_t k1_t` in the signal, the exact
     :math:`\mathrm{KL}_t` is the conditional expectation of :math:`k1_t` given the prefix (Rao-Blackwellization,
     as Pyro's ``TraceMeanField_ELBO`` does with analytic KLs), and earlier tokens no longer carry the noise of
-    later ones' KL. For SVI :math:`R = r/\beta` and the result is :math:`\nabla\mathrm{ELBO}`; for RL
+    later ones' KL. It loses one thing: the sampled :math:`\sum_t k1_t` is correlated with :math:`r/\beta` (at
+    :math:`q = \pi^*`, :math:`r/\beta - \sum_t k1_t = \log Z` for every sample), a control variate the exact KL
+    is not, so near :math:`\pi^*` the sampled estimator has the lower variance. For SVI :math:`R = r/\beta` and the result is :math:`\nabla\mathrm{ELBO}`; for RL
     :math:`R = r` with ``token_kl`` scaled by :math:`\beta`, :math:`\nabla J`. −inf rewards are floored per
     position (:func:`floor_infeasible`).
 

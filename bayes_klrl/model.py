@@ -165,6 +165,7 @@ def _sample_tokens(
         logits, state = lm.start(num_sequences)
     tokens = []
     for t in pyro.markov(range(length)):
+        logits = logits if grad else logits.detach()  # a view made under no_grad may still require grad
         x_t = pyro.sample(token_site(t), dist.Categorical(logits=logits), **(sample_kwargs or {}))
         tokens.append(x_t)
         if t + 1 < length:

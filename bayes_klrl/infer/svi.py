@@ -26,7 +26,12 @@ structure its baselines need. On one seed both layouts draw the same sequences a
 :math:`\log q(x) - \log\pi_0(x)` in the signal; ``"analytic"`` Rao-Blackwellizes it: the exact per-token KL over
 the vocabulary at every sampled prefix, differentiated directly, plus a score term per token whose signal is the
 reward and the exact KLs of later positions only (:func:`~bayes_klrl.estimators.rao_blackwell_surrogate`).
-Unbiased for the same gradient, lower variance.
+Unbiased for the same gradient. Its variance is lower only while the sampled log-ratio's noise dominates: near
+:math:`\pi^*` the sampled signal :math:`\log\pi_0 + r/\beta - \log q` tends to the constant :math:`\log Z`, so the
+sampled KL cancels the reward's noise sample by sample (zero variance at :math:`\pi^*`), and the exact KL cannot.
+Measured on ``markov`` (N=256, tabular policy trained by SVI), analytic/sampled total variance: 1.00 at
+:math:`\pi_0` (both signals equal there), 1.17 after 5 steps, 1.94 after 20, 6.6 after 60, 51 after 300; on a
+tabular policy moved at random away from both :math:`\pi_0` and :math:`\pi^*`, 0.66 (tests/infer/test_svi_analytic.py).
 """
 
 from __future__ import annotations
@@ -43,7 +48,13 @@ from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import prune_subsample_sites
 
-from ..estimators import floor_infeasible, leave_one_out_baseline, per_token_kl, rao_blackwell_surrogate
+from ..estimators import (
+    KL_GRADIENTS,
+    floor_infeasible,
+    leave_one_out_baseline,
+    per_token_kl,
+    rao_blackwell_surrogate,
+)
 from ..lm import AutoregressiveLM
 from ..model import PLATE, PolicyGuide, SequenceDistribution, check_sites, model
 from ..task import Task
@@ -63,7 +74,6 @@ __all__ = [
 ]
 
 ESTIMATORS = ("loo", "trace", "tracegraph")
-KL_GRADIENTS = ("sampled", "analytic")
 #: the site layout (:data:`bayes_klrl.model.SITES`) each estimator runs on unless told otherwise
 DEFAULT_SITES = {"loo": "sequence", "trace": "sequence", "tracegraph": "tokens"}
 
@@ -97,12 +107,12 @@ def token_distributions(model_trace, guide_trace):
         x = site["value"]  # (N, T)
         log_q_next = site["fn"].next_token_log_probs(x)  # (N, T, V), one pass
         with torch.no_grad():
-            log_prior_next = model_trace.nodes[site["name"]]["fn"].next_token_log_probs(x)
+            log_prior_next = model_trace.nodes[site["name"]]["fn"].next_token_log_probs(x).detach()
     elif latent and all(isinstance(s["fn"], torch.distributions.Categorical) for s in latent):
         x = torch.stack([s["value"] for s in latent], -1)  # (N, T)
         log_q_next = torch.stack([s["fn"].logits for s in latent], 1)  # Categorical keeps normalized logits
         with torch.no_grad():
-            log_prior_next = torch.stack([model_trace.nodes[s["name"]]["fn"].logits for s in latent], 1)
+            log_prior_next = torch.stack([model_trace.nodes[s["name"]]["fn"].logits for s in latent], 1).detach()
     else:
         raise ValueError(
             "kl_gradient='analytic' needs the guide's tokens as one SequenceDistribution site or as Categorical "
@@ -142,7 +152,7 @@ class LeaveOneOutELBO(ELBO):
 
         >>> svi = pyro.infer.SVI(model, PolicyGuide(policy), pyro.optim.Adam({"lr": 0.02}), LeaveOneOutELBO())
         >>> loss = svi.step(task, 512)   # an estimate of -ELBO summed over the 512 sequences
-        >>> rb = LeaveOneOutELBO(kl_gradient="analytic")   # the same gradient in mean, lower variance
+        >>> rb = LeaveOneOutELBO(kl_gradient="analytic")   # the same gradient in mean
     """
 
     def __init__(self, kl_gradient: str = "sampled"):

@@ -18,6 +18,14 @@ and :math:`\log\pi_{0,it}`, a :class:`Recipe` chooses
 - **the normalization** of a sequence's token terms (``normalization``): :math:`1/|x_i|` (``sequence``, GRPO)
   or the constant 1 (``constant``, Dr. GRPO and RLOO). With sequences of one fixed length, as in every task
   here, the two differ by the overall factor :math:`1/T`, which Adam all but ignores;
+- **the KL gradient** (``kl_gradient``, with the KL in the reward): ``sampled`` scores each sequence by its
+  sampled :math:`\sum_t k1_t`; ``analytic`` uses the exact per-token KL over the vocabulary at every sampled
+  prefix, :math:`\mathrm{KL}_t = \mathrm{KL}(q(\cdot|x_{<t})\,\|\,\pi_0(\cdot|x_{<t}))`, differentiated directly,
+  and scores token :math:`s` by :math:`R_{is} = r_i - \beta\sum_{t>s}\mathrm{KL}_t` with a per-position
+  leave-one-out baseline (:func:`~bayes_klrl.estimators.rao_blackwell_surrogate`): the same expected gradient
+  :math:`\nabla J` (lower variance only far from :math:`\pi^*`, see :mod:`bayes_klrl.infer.svi`). It needs ``kl_in="reward"``, ``kl_estimator="k1"``, ``advantage="loo"`` and
+  one update per batch, and is refused otherwise (in the loss, or under a group-standardized advantage or a
+  clipped reuse, it would not be the gradient of :math:`J`);
 - **off-policy reuse** (``epochs``, ``minibatches``): several passes over the batch, each token's advantage
   term the clipped surrogate :math:`\min(\rho_{it}A_i, \mathrm{clip}(\rho_{it}, 1\pm\epsilon)A_i)` with
   :math:`\rho_{it} = q_{it}/q^{\text{old}}_{it}` (GRPO's num_iterations, PPO's epochs). With one pass,
@@ -45,7 +53,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..estimators import floor_infeasible, leave_one_out_baseline
+from ..estimators import KL_GRADIENTS, floor_infeasible, leave_one_out_baseline
 from .kl import KL_ESTIMATORS, kl_per_token
 
 __all__ = [
@@ -83,6 +91,8 @@ class Recipe:
     :param int epochs: passes over each batch.
     :param int minibatches: minibatches per pass.
     :param float clip: :math:`\\epsilon` of the clipped ratio (used when a batch is reused).
+    :param str kl_gradient: ``"sampled"`` or ``"analytic"`` (the exact per-token KL, Rao-Blackwellized; KL in the
+        reward, k1, leave-one-out advantage and one update per batch only).
     """
 
     kl_in: str = "reward"
@@ -94,6 +104,7 @@ class Recipe:
     epochs: int = 1
     minibatches: int = 1
     clip: float = 0.2
+    kl_gradient: str = "sampled"
 
     def __post_init__(self):
         for name, allowed in (
@@ -101,6 +112,7 @@ class Recipe:
             ("kl_estimator", KL_ESTIMATORS),
             ("advantage", ADVANTAGES),
             ("normalization", NORMALIZATIONS),
+            ("kl_gradient", KL_GRADIENTS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
@@ -112,6 +124,22 @@ class Recipe:
             raise ValueError("epochs and minibatches must be >= 1")
         if not 0 < self.clip < 1:
             raise ValueError(f"clip must be in (0, 1), got {self.clip}")
+        if self.kl_gradient == "analytic":
+            self._check_analytic()
+
+    def _check_analytic(self) -> None:
+        """The analytic KL gradient is the unbiased gradient of J only in the RLOO form: refuse the rest."""
+        if self.kl_in != "reward":
+            raise ValueError(
+                f"kl_gradient='analytic' is the exact KL's gradient with its score part for later tokens, for the KL "
+                f"in the reward; kl_in={self.kl_in!r} has no such term (use kl_in='reward' or kl_gradient='sampled')"
+            )
+        if self.kl_estimator != "k1":
+            raise ValueError("kl_gradient='analytic' computes the KL exactly; kl_estimator applies to 'sampled' only")
+        if self.advantage != "loo":
+            raise ValueError("kl_gradient='analytic' centres each position by leave-one-out; it needs advantage='loo'")
+        if self.reuses_batches:
+            raise ValueError("kl_gradient='analytic' takes one update per batch; set epochs=1 and minibatches=1")
 
     def check_batch(self, num_sequences: int) -> None:
         """Refuse a batch size the recipe cannot split (groups, minibatches of at least 2)."""
