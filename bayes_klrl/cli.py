@@ -137,7 +137,10 @@ def _compare(args) -> int:
     from .methods import trained_methods
     from .modelfile import load_model
     from .task import RewardError, resolve_policy_kind
+    from .training import init_distributed_from_env
 
+    rank, world_size = init_distributed_from_env()  # under torchrun: data-parallel training, rank 0 reports
+    say = print if rank == 0 else (lambda *a, **k: None)
     # the model file is imported once; its COMPARE_DEFAULTS sit below the command line
     task, from_file, path = load_model(args.model, **dict(args.overrides))
     if args.beta is not None:
@@ -148,25 +151,31 @@ def _compare(args) -> int:
     given = given_options(CompareConfig, args)
     used = [k for k in from_file if k not in given]
     if used:
-        print("model file defaults: " + ", ".join(f"{k}={from_file[k]}" for k in used))
+        say("model file defaults: " + ", ".join(f"{k}={from_file[k]}" for k in used))
     for note in unused_option_notes(config, given):
-        print(note)
+        say(note)
     out = prepare_output(args.out)  # an unusable folder is found before any training
     sweeping = args.seeds is not None or args.betas is not None or args.executor not in (None, "serial")
+    if sweeping and world_size > 1:
+        raise ValueError("a sweep (--seeds, --betas, --executor) cannot run under torchrun; launch one or the other")
     if sweeping:
         return _sweep(args, config, given, out)
     for flag in ("workers", "scheduler"):
         if getattr(args, flag) is not None:
             raise ValueError(f"--{flag} applies to sweeps (--seeds, --betas or --executor)")
     enumerable = f"{task.num_sequences:,} sequences, enumerable" if task.is_enumerable() else "not enumerable"
-    print(f"task {task.name}: V={task.vocab_size}, T={task.length}, beta={task.beta:g} ({enumerable})")
+    say(f"task {task.name}: V={task.vocab_size}, T={task.length}, beta={task.beta:g} ({enumerable})")
     if any(m in trained_methods() for m in config.methods):
         chosen = resolve_policy_kind(task, config.policy)
-        print(f"policy: {chosen}" + (f" ({config.policy})" if config.policy != chosen else ""))
+        say(f"policy: {chosen}" + (f" ({config.policy})" if config.policy != chosen else ""))
+    if world_size > 1:
+        say(f"data parallel: {world_size} ranks, {config.num_sequences // world_size} sequences each per step")
     try:
-        comparison = run_compare(task, config, checkpoint_dir=out, progress=not args.no_progress)
+        comparison = run_compare(task, config, checkpoint_dir=out, progress=not args.no_progress and rank == 0)
     except RewardError as exc:  # the reward passed the construction check but failed on a later batch
         raise ValueError(f"model file '{path}': {exc}") from exc
+    if rank != 0:  # the other ranks trained alongside; rank 0 writes and prints
+        return 0
     save_comparison(comparison, out)
     p = comparison.posterior
     if p is not None:

@@ -148,6 +148,8 @@ class DPGTrainer(Trainer):
         **optimizer_options,
     ):
         super().__init__(task, policy, num_sequences, lr=lr, **optimizer_options)
+        if self.world_size > 1:
+            raise ValueError("DPG does not run data-parallel; use svi, rl or the recipes under torchrun")
         if proposal not in PROPOSALS:
             raise ValueError(f"unknown DPG proposal {proposal!r}; choose one of {', '.join(PROPOSALS)}")
         if log_z is not None and not math.isfinite(log_z):

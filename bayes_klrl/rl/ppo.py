@@ -57,6 +57,8 @@ class PPOTrainer(Trainer):
         **optimizer_options,
     ):
         super().__init__(task, policy, num_sequences, lr=lr, **optimizer_options)
+        if self.world_size > 1:
+            raise ValueError("PPO does not run data-parallel; use svi, rl or the recipes under torchrun")
         kl_per_token(torch.zeros(1), torch.zeros(1), kl_estimator)  # validates the name
         if epochs < 1 or minibatches < 1 or num_sequences // minibatches < 2:
             raise ValueError("epochs and minibatches must be >= 1, with at least 2 sequences per minibatch")
