@@ -50,6 +50,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -470,6 +471,7 @@ def _run_record(*, side, method, lr, seed, config, settings, curve, final) -> di
         "final": final,
         "wall_seconds": wall,
         "seconds_per_1000_sequences": 1000.0 * wall / sequences if sequences else None,
+        "code": _code_state(),
     }
 
 
@@ -619,6 +621,21 @@ def _quiet():
             yield
     finally:
         logging.getLogger("transformers").setLevel(previous)
+
+
+def _code_state() -> dict:
+    """The repository's commit and whether the library had uncommitted changes (``None`` outside a checkout)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "bayes_klrl")
+    return {"commit": git("rev-parse", "HEAD"), "library_changed": None if changed is None else bool(changed)}
 
 
 def _plain(value):

@@ -106,6 +106,7 @@ def test_quick_results_structure(quick_results, side):
     run = document["runs"][0]
     assert run["side"] == side and run["lr"] == 1e-3 and run["seed"] == 0
     assert run["settings"]  # every setting of the side written out
+    assert set(run["code"]) == {"commit", "library_changed"}
     if side == "trl":
         config = run["settings"]["rloo_config"]
         assert config["num_generations"] == config["per_device_train_batch_size"] == 16
