@@ -36,6 +36,7 @@ tabular policy moved at random away from both :math:`\pi_0` and :math:`\pi^*`, 0
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -201,10 +202,20 @@ class LeaveOneOutELBO(ELBO):
             surrogate = rao_blackwell_surrogate(token_log_q, token_kl, log_likelihood.detach())  # (N,)
             return -surrogate.sum(), (log_likelihood - token_kl.sum(-1)).detach()
         signal = sequence_log_weights(model_trace, guide_trace).detach()  # (N,)
-        usable = floor_infeasible(signal)
-        advantage = usable - leave_one_out_baseline(usable)
+        usable = self.gather(floor_infeasible(signal))  # the whole batch under data parallelism
+        advantage = self.shard(usable - leave_one_out_baseline(usable))
         log_q = sum(site["log_prob"] for site in guide_trace.nodes.values() if site["type"] == "sample")  # (N,)
         return -(advantage * log_q).sum(), signal
+
+    @staticmethod
+    def gather(values: torch.Tensor) -> torch.Tensor:
+        """The whole batch's values from this process's share (identity; a data-parallel trainer sets its own)."""
+        return values
+
+    @staticmethod
+    def shard(values: torch.Tensor) -> torch.Tensor:
+        """This process's rows of a whole-batch tensor (identity; see :meth:`gather`)."""
+        return values
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         model_trace, guide_trace = self._traces(model, guide, args, kwargs)
@@ -285,21 +296,45 @@ class SVITrainer(Trainer):
         self.elbo = elbo
         self.model = functools.partial(model, sites=self.sites)
         self.guide = PolicyGuide(policy, infer, sites=self.sites)
+        if self.world_size > 1:  # the leave-one-out baseline over the whole batch, across ranks
+            if kl_gradient == "analytic":
+                raise ValueError("kl_gradient='analytic' does not run data-parallel yet; use the sampled KL")
+            elbo.gather, elbo.shard = self.gather, self.shard
         self.validate_every_step = validate_every_step
         self._validated = False
 
     def step(self) -> dict[str, float]:
         validate = self.validate_every_step or not self._validated
         self.optimizer.zero_grad(set_to_none=True)
-        with pyro.validation_enabled(validate and is_validation_enabled()):
-            loss = self.elbo.loss_and_grads(self.model, self.guide, self.task, self.num_sequences)  # -ELBO, summed
+        n = self.local_num_sequences  # this rank's share of the batch (all of it on one process)
+        with pyro.validation_enabled(validate and is_validation_enabled()), self._presampled():
+            loss = self.elbo.loss_and_grads(self.model, self.guide, self.task, n)  # -ELBO, summed over the share
         self._validated = True
-        scale = self.task.beta / self.num_sequences  # d(-ELBO summed) -> d(-J per sequence)
+        scale = self.task.beta / n  # d(-ELBO summed) -> d(-J per sequence); update() averages over ranks
         for p in self.parameters:
             if p.grad is not None:
                 p.grad.mul_(scale)
         self.update()
-        return {"elbo_estimate": -loss / self.num_sequences}
+        return {"elbo_estimate": -loss / n}
+
+    @contextlib.contextmanager
+    def _presampled(self):
+        """Data parallel with ``identical_sampling``: the guide's draw is this rank's rows of the whole batch drawn
+        from the shared stream (:meth:`~bayes_klrl.training.Trainer.sample_batch`), so the run repeats a
+        one-process run; otherwise nothing changes."""
+        if self.world_size == 1 or not self.identical_sampling:
+            yield
+            return
+        if self.sites != "sequence":
+            raise ValueError("identical data-parallel sampling needs the sequence site layout")
+        x = self.sample_batch()
+        policy, draw = self.policy, self.policy.sample
+        policy.sample = lambda num_sequences, length, **kwargs: x  # the guide's one sequence-level draw
+        try:
+            yield
+        finally:
+            del policy.sample  # back to the class's method
+            assert policy.sample == draw
 
 
 @dataclass(frozen=True)

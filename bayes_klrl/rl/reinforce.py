@@ -69,6 +69,8 @@ class ReinforceTrainer(Trainer):
         super().__init__(task, policy, num_sequences, lr=lr, **optimizer_options)
         self.recipe = Recipe(**{k: v for k, v in options.items() if k in recipe_fields})
         self.recipe.check_batch(self.num_sequences)
+        if self.world_size > 1 and self.recipe.kl_gradient == "analytic":
+            raise ValueError("kl_gradient='analytic' does not run data-parallel yet; use the sampled KL under torchrun")
 
     @property
     def updates_per_step(self) -> int:
@@ -76,7 +78,7 @@ class ReinforceTrainer(Trainer):
 
     def step(self) -> dict[str, float]:
         task, beta, recipe = self.task, self.task.beta, self.recipe
-        x = self.policy.sample(self.num_sequences, task.length)  # (N, T)
+        x = self.sample_batch()  # (N, T): this rank's share under data parallelism
         if recipe.kl_gradient == "analytic":
             return self._analytic_kl_step(x)
         token_log_q = self.policy.token_log_probs(x)  # (N, T), differentiable
@@ -86,11 +88,12 @@ class ReinforceTrainer(Trainer):
             r = task.rewards(x)  # (N,)
             kl = old_token_log_q.sum(-1) - token_log_prior.sum(-1)  # k1 per sequence, for reporting
             signal = learning_signal(r, old_token_log_q, token_log_prior, beta, recipe)
-            advantage = advantages(signal, recipe.advantage, recipe.group_size)  # (N,)
+            # over the whole batch (gathered from every rank under data parallelism), then this rank's rows
+            advantage = self.shard(advantages(self.gather(signal), recipe.advantage, recipe.group_size))  # (N,)
         if not recipe.reuses_batches:  # one update on this batch: reuse the forward pass that scored it
             self.update(recipe_loss(token_log_q, old_token_log_q, token_log_prior, advantage, beta, recipe))
         else:
-            for idx in minibatch_indices(self.num_sequences, recipe.epochs, recipe.minibatches):
+            for idx in minibatch_indices(x.shape[0], recipe.epochs, recipe.minibatches):
                 token_log_q = self.policy.token_log_probs(x[idx])
                 self.update(
                     recipe_loss(token_log_q, old_token_log_q[idx], token_log_prior[idx], advantage[idx], beta, recipe)
