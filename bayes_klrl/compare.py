@@ -53,6 +53,18 @@ def _recipe_choices(name: str) -> tuple[str, ...]:
     return getattr(recipes, name)
 
 
+def _kl_gradients() -> tuple[str, ...]:
+    from .estimators import KL_GRADIENTS
+
+    return KL_GRADIENTS
+
+
+def _model_choices(name: str) -> tuple[str, ...]:
+    from . import model
+
+    return getattr(model, name)
+
+
 def _policy_kinds() -> tuple[str, ...]:
     from .task import POLICY_KINDS
 
@@ -91,6 +103,11 @@ class CompareConfig:
                          "lora (Hugging Face priors), auto (lora for Hugging Face priors, else tabular when it fits, "
                          "else full); copy = full", choices=_policy_kinds)  # fmt: skip
     estimator: str = option("loo", "SVI gradient estimator", choices=_estimators)
+    kl_gradient: str | None = option(
+        None, "svi and the KL-in-reward recipes: the KL term's gradient from the sampled log-ratio or the exact "
+        "per-token KL over the vocabulary (analytic, Rao-Blackwellized; none: sampled)", choices=_kl_gradients)  # fmt: skip
+    sites: str | None = option(None, "SVI's sample sites: one sequence-level site scored in one pass, or one per "
+                               "token (none: the estimator's own)", choices=lambda: _model_choices("SITES"))  # fmt: skip
     kl_estimator: str | None = option(
         None, "per-token KL estimator (none: each method's own, k1 for rl and ppo, k3 for the GRPO recipes)",
         choices=_kl_estimators)  # fmt: skip

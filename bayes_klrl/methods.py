@@ -539,6 +539,7 @@ RECIPE_OPTIONS = (
     "epochs",
     "minibatches",
     "clip",
+    "kl_gradient",
 )
 
 
@@ -556,7 +557,13 @@ def _recipe(name: str, label: str, description: str, **changes) -> TrainedMethod
 
 register(ExactMethod())
 register(
-    TrainedMethod("svi", "SVI (Pyro)", "stochastic variational inference, the policy as guide", _svi, ("estimator",))
+    TrainedMethod(
+        "svi",
+        "SVI (Pyro)",
+        "stochastic variational inference, the policy as guide",
+        _svi,
+        ("estimator", "kl_gradient", "sites"),
+    )
 )
 register(_recipe("rl", "REINFORCE (RLOO)", "REINFORCE, k1 KL in the reward, leave-one-out baseline (RLOO)"))
 register(
