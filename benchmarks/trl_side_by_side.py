@@ -496,14 +496,16 @@ def _goal_key(goal: float) -> str:
 
 
 def summarize(runs: Sequence[dict], goals: Sequence[float]) -> list[dict]:
-    """Per (side, method, lr, sequences): medians over seeds (a seed missing a goal counts as +∞)."""
+    """Per (side, method, lr, sequences, settings): medians over seeds (a seed missing a goal counts as +∞)."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
-        groups.setdefault((run["side"], run["method"], run["lr"], run["sequences"]), []).append(run)
+        options = json.dumps(run.get("settings", {}), sort_keys=True, default=str)
+        groups.setdefault((run["side"], run["method"], run["lr"], run["sequences"], options), []).append(run)
     rows = []
-    for (side, method, lr, sequences), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+    for (side, method, lr, sequences, _), members in sorted(groups.items(), key=lambda kv: kv[0]):
         members = sorted(members, key=lambda r: r["seed"])
-        row = {"side": side, "method": method, "lr": lr, "sequences": sequences, "seeds": [r["seed"] for r in members]}
+        row = {"side": side, "method": method, "lr": lr, "sequences": sequences, "seeds": [r["seed"] for r in members],
+               "settings": members[0].get("settings", {})}  # fmt: skip
         for goal in goals:
             per_seed = [sequences_to(r["curve"], goal) for r in members]
             row[_goal_key(goal)] = _median([math.inf if s is None else s for s in per_seed])
@@ -523,7 +525,10 @@ def results_path(out: Path, side: str, method: str) -> Path:
 
 
 def _run_key(run: dict) -> tuple:
-    return (run["side"], run["method"], run["lr"], run["seed"], run["sequences"], run["num_sequences"])
+    """Runs with the same key replace each other: side, method, lr, seed, sizes and every setting (so runs of
+    one method with other options sit side by side in one file)."""
+    settings = json.dumps(run.get("settings", {}), sort_keys=True, default=str)
+    return (run["side"], run["method"], run["lr"], run["seed"], run["sequences"], run["num_sequences"], settings)
 
 
 def merge_runs(runs: list[dict], record: dict) -> list[dict]:
