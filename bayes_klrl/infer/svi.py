@@ -44,10 +44,13 @@ import pyro
 import pyro.optim
 import torch
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO, Trace_ELBO, TraceGraph_ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import is_validation_enabled
-from pyro.poutine.util import prune_subsample_sites
+from pyro.poutine import Trace
+from pyro.poutine.trace_messenger import TraceMessenger
+from pyro.poutine.util import site_is_subsample
 
 from ..estimators import (
     KL_GRADIENTS,
@@ -82,14 +85,62 @@ DEFAULT_SITES = {"loo": "sequence", "trace": "sequence", "tracegraph": "tokens"}
 def sequence_log_weights(model_trace, guide_trace) -> torch.Tensor:
     r"""Per-sequence :math:`\log p(x, y) - \log q(x)` from a model and guide trace, shape ``(N,)``.
 
-    Sites must carry ``log_prob`` (call ``compute_log_prob`` first) and live in the ``"sequences"`` plate.
+    Sites must carry ``log_prob`` (call ``compute_log_prob`` first) and live in the ``"sequences"`` plate. The
+    model's sites are added and the guide's subtracted one by one, in trace order.
     """
-    total = 0.0
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for site in trace.nodes.values():
-            if site["type"] == "sample":
-                total = total + sign * site["log_prob"]
+    total = _sum_log_probs(model_trace)
+    for site in guide_trace.nodes.values():
+        if site["type"] == "sample":
+            total = total - site["log_prob"]
     return total
+
+
+def _sum_log_probs(trace):
+    """The sum of the ``log_prob`` of every sample site of ``trace``, added in trace order."""
+    total = None
+    for site in trace.nodes.values():
+        if site["type"] == "sample":
+            total = site["log_prob"] if total is None else total + site["log_prob"]
+    return total
+
+
+def _prune_and_score(trace, skip=()) -> None:
+    """``trace`` without its subsample sites (``prune_subsample_sites``, in place) and with ``log_prob`` at every
+    other sample site whose name is not in ``skip`` (``compute_log_prob`` without its ``log_prob_sum``); every
+    sample site left must be in the ``"sequences"`` plate (:func:`_check_plate`)."""
+    for name, site in list(trace.nodes.items()):
+        if site["type"] != "sample":
+            continue
+        if site_is_subsample(site):
+            trace.remove_node(name)
+            continue
+        _check_plate(site)
+        if name not in skip and "log_prob" not in site:
+            log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+            site["unscaled_log_prob"] = log_p
+            site["log_prob"] = scale_and_mask(log_p, site["scale"], site["mask"])
+
+
+def _check_plate(site) -> None:
+    for frame in site["cond_indep_stack"]:
+        if frame.name == PLATE:
+            return
+    raise ValueError(f"site {site['name']!r} is outside the {PLATE!r} plate; LeaveOneOutELBO needs it")
+
+
+def _run_traced(fn, args, kwargs, replay=None) -> Trace:
+    """``poutine.trace(poutine.replay(fn, trace=replay)).get_trace(*args, **kwargs)`` (no replay when ``None``),
+    without ``get_trace``'s copy of the recorded trace."""
+    tracer = TraceMessenger()
+    with tracer:
+        tracer.trace.add_node("_INPUT", name="_INPUT", type="args", args=args, kwargs=kwargs)
+        if replay is None:
+            value = fn(*args, **kwargs)
+        else:
+            with poutine.replay(trace=replay):
+                value = fn(*args, **kwargs)
+        tracer.trace.add_node("_RETURN", name="_RETURN", type="return", value=value)
+    return tracer.trace
 
 
 def token_distributions(model_trace, guide_trace):
@@ -168,19 +219,19 @@ class LeaveOneOutELBO(ELBO):
     def _traces(self, model, guide, args, kwargs):
         if is_validation_enabled():  # Pyro's full checks (model/guide site match, shapes)
             model_trace, guide_trace = get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
-        else:  # the same traces without the score-part bookkeeping this estimator does not use
-            guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(*args, **kwargs))
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-            model_trace = prune_subsample_sites(model_trace)
+            for trace in (model_trace, guide_trace):
+                for site in trace.nodes.values():
+                    if site["type"] == "sample":
+                        _check_plate(site)
+        else:  # the same traces, run and scored as get_importance_trace does, without its copies and score parts
+            guide_trace = _run_traced(guide, args, kwargs)
+            model_trace = _run_traced(model, args, kwargs, replay=guide_trace)
             if self.kl_gradient == "sampled":
-                model_trace.compute_log_prob()
-                guide_trace.compute_log_prob()
+                _prune_and_score(model_trace)
+                _prune_and_score(guide_trace)
             else:  # the tokens are scored from their whole next-token distributions: only the factor here
-                model_trace.compute_log_prob(site_filter=lambda name, site: name not in guide_trace.nodes)
-        for trace in (model_trace, guide_trace):
-            for site in trace.nodes.values():
-                if site["type"] == "sample" and not any(f.name == PLATE for f in site["cond_indep_stack"]):
-                    raise ValueError(f"site {site['name']!r} is outside the {PLATE!r} plate; LeaveOneOutELBO needs it")
+                _prune_and_score(model_trace, skip=guide_trace.nodes)
+                _prune_and_score(guide_trace, skip=guide_trace.nodes)
         return model_trace, guide_trace
 
     def loss(self, model, guide, *args, **kwargs) -> float:
@@ -201,10 +252,11 @@ class LeaveOneOutELBO(ELBO):
             token_log_q = log_q_next.gather(-1, x[..., None]).squeeze(-1)  # (N, T)
             surrogate = rao_blackwell_surrogate(token_log_q, token_kl, log_likelihood.detach())  # (N,)
             return -surrogate.sum(), (log_likelihood - token_kl.sum(-1)).detach()
-        signal = sequence_log_weights(model_trace, guide_trace).detach()  # (N,)
-        usable = self.gather(floor_infeasible(signal))  # the whole batch under data parallelism
-        advantage = self.shard(usable - leave_one_out_baseline(usable))
-        log_q = sum(site["log_prob"] for site in guide_trace.nodes.values() if site["type"] == "sample")  # (N,)
+        with torch.no_grad():
+            signal = sequence_log_weights(model_trace, guide_trace)  # (N,)
+            usable = self.gather(floor_infeasible(signal))  # the whole batch under data parallelism
+            advantage = self.shard(usable - leave_one_out_baseline(usable))
+        log_q = _sum_log_probs(guide_trace)  # (N,), differentiable
         return -(advantage * log_q).sum(), signal
 
     @staticmethod
@@ -307,7 +359,8 @@ class SVITrainer(Trainer):
         validate = self.validate_every_step or not self._validated
         self.optimizer.zero_grad(set_to_none=True)
         n = self.local_num_sequences  # this rank's share of the batch (all of it on one process)
-        with pyro.validation_enabled(validate and is_validation_enabled()), self._presampled():
+        presampled = self._presampled() if self.world_size > 1 else contextlib.nullcontext()
+        with pyro.validation_enabled(validate and is_validation_enabled()), presampled:
             loss = self.elbo.loss_and_grads(self.model, self.guide, self.task, n)  # -ELBO, summed over the share
         self._validated = True
         scale = self.task.beta / n  # d(-ELBO summed) -> d(-J per sequence); update() averages over ranks
