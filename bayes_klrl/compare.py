@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .config import check_choices, option
 from .exact import ExactPosterior, exact_posterior
-from .methods import METHODS, MethodResult, Row, RunContext, trained_methods
+from .methods import METHODS, OPTIMIZER_OPTIONS, MethodResult, Row, RunContext, trained_methods
 from .storage import write_csv, write_json
 from .task import DEFAULT_MAX_ENUMERATION, Task
 
@@ -150,14 +150,7 @@ class CompareConfig:
             raise ValueError("steps must be >= 0, num_sequences and eval_samples >= 2")
         from .training import OptimizerSettings  # checks lr, weight decay, warm-up and clipping in one place
 
-        OptimizerSettings(
-            lr=self.lr,
-            optimizer=self.optimizer,
-            weight_decay=self.weight_decay,
-            lr_schedule=self.lr_schedule,
-            warmup_steps=self.warmup_steps,
-            max_grad_norm=self.max_grad_norm,
-        )
+        OptimizerSettings(lr=self.lr, **{name: getattr(self, name) for name in OPTIMIZER_OPTIONS})
         if self.lr_schedule != "constant" and self.steps and self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps {self.warmup_steps} leaves no step of the {self.lr_schedule} schedule")
         if self.log_every < 1 or self.checkpoint_every < 0:
