@@ -34,7 +34,7 @@ def describe() -> dict:
 
 def task(beta: float = BETA, scale: float = 1.0, checkpoint: str | Path = CHECKPOINT) -> Task:
     """The word-sentiment task; ``checkpoint`` may point at another run of ``train_tiny_transformer.py``."""
-    prior = TinyTransformerLM.load(checkpoint)
+    prior = TinyTransformerLM.load(checkpoint).frozen()  # this file made it: no gradients into the prior
     if prior.vocab_size != VOCAB_SIZE or prior.config.max_length < LENGTH:
         raise ValueError(
             f"checkpoint '{checkpoint}' has vocab_size={prior.vocab_size}, max_length={prior.config.max_length}; "
