@@ -143,8 +143,15 @@ def load_model(checkpoint: str | Path = CHECKPOINT):
         )
     _, model_class = model_classes()
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    model = model_class.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a 106 KB checkpoint needs no "Loading weights" bar
+    try:
+        model = model_class.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     model.eval()
     for p in model.parameters():
