@@ -363,6 +363,19 @@ def rank_seed(seed: int, rank: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def _takes_two_arguments(function) -> bool:
+    """Whether ``function`` can be called with two positional arguments (``evaluate(policy, step)``)."""
+    import inspect
+
+    try:
+        inspect.signature(function).bind(None, None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature (a builtin): call it the documented way
+        return False
+    return True
+
+
 def seed_everything(seed: int) -> None:
     """Seed the global RNGs torch (and so Pyro) and ``random`` draw from."""
     random.seed(seed)
@@ -424,8 +437,9 @@ def fit(
     """Run ``trainer`` for ``steps`` steps (fewer if ``stop`` says so).
 
     :param int seed: seeds the global RNGs before the first step.
-    :param evaluate: ``policy -> dict`` of extra figures logged at step 0, every ``log_every`` steps and at the end;
-        it runs outside the timed region and does not change the training's random stream.
+    :param evaluate: ``policy -> dict`` (or ``(policy, step) -> dict``) of extra figures logged at step 0, every
+        ``log_every`` steps and at the end; it runs outside the timed region and does not change the training's
+        random stream.
     :param stop: ``row -> bool``, called with each logged row after step 0 (``step``, ``reward_evaluations``, the
         trainer's statistics and ``evaluate``'s figures); training ends at the first row for which it is true.
     :param checkpoint_dir: where ``checkpoint.pt`` goes; with ``checkpoint_every > 0`` it is written every
@@ -494,12 +508,14 @@ def fit(
         random.setstate(_restore_python_rng(state["python_rng"]))
         start_step, wall, history = state["step"], state["wall_seconds"], list(state["history"])
 
+    wants_step = evaluate is not None and _takes_two_arguments(evaluate)
+
     def log(step: int, stats: dict) -> dict:
         row = {"step": step, "reward_evaluations": step * trainer.reward_evaluations_per_step(), "wall_seconds": wall}
         row.update(stats)
         if evaluate is not None:
             rng = torch.get_rng_state()  # evaluation must not change the training stream
-            row.update(evaluate(trainer.policy))
+            row.update(evaluate(trainer.policy, step) if wants_step else evaluate(trainer.policy))
             torch.set_rng_state(rng)
         history.append(row)
         return row

@@ -135,3 +135,12 @@ def test_ppo_schedule_counts_optimizer_steps(small_task):
     trainer = PPOTrainer(small_task, small_task.make_policy(), 32, epochs=2, minibatches=2, lr_schedule="linear")
     fit(trainer, steps=5, seed=0)
     assert trainer.steps_taken == 5 * 4 and trainer.total_steps == 20
+
+
+def test_evaluate_may_take_the_step(small_task):
+    seen = []
+    fit(ReinforceTrainer(small_task, small_task.make_policy(), 8), steps=6, seed=0, log_every=3,
+        evaluate=lambda policy, step: seen.append(step) or {"step_seen": step})  # fmt: skip
+    one = fit(ReinforceTrainer(small_task, small_task.make_policy(), 8), steps=3, seed=0, log_every=3,
+              evaluate=lambda policy: {"x": 1.0})  # fmt: skip
+    assert seen == [0, 3, 6] and one.history[-1]["x"] == 1.0
