@@ -116,7 +116,7 @@ class DPGTrainer(Trainer):
     :param task: the task.
     :param policy: a trainable policy (e.g. ``task.make_policy()``).
     :param int num_sequences: sequences drawn from the proposal (and rewards evaluated) per step.
-    :param float lr: Adam learning rate.
+    :param float lr: the (peak) learning rate (the optimizer: ``optimizer_options``).
     :param str proposal: ``"policy"`` (on-policy), ``"prior"`` or ``"refresh"`` (GDC: a frozen copy of the
         policy, replaced when the policy is estimated to be closer to :math:`\pi^*`).
     :param log_z: :math:`\log Z` if known (e.g. from enumeration): unbiased weights :math:`w_i/(NZ)`.

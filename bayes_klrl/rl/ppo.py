@@ -25,7 +25,7 @@ class PPOTrainer(Trainer):
     r"""PPO-clip with a per-token KL penalty in the reward, as in RLHF practice.
 
     :param int num_sequences: sequences sampled (and rewards evaluated) per step.
-    :param float lr: Adam learning rate.
+    :param float lr: the (peak) learning rate (the optimizer: ``optimizer_options``).
     :param int epochs: passes over each batch.
     :param int minibatches: minibatches per pass.
     :param float clip: the clip range :math:`\epsilon`.
