@@ -30,7 +30,7 @@ class ReinforceTrainer(Trainer):
     r"""REINFORCE (RLOO by default) with the recipe options of :class:`~bayes_klrl.rl.recipes.Recipe`.
 
     :param int num_sequences: sequences sampled (and rewards evaluated) per step.
-    :param float lr: the (peak) learning rate (the optimizer: ``optimizer_options``).
+    :param float lr: the (peak) learning rate (the optimizer and its schedule: ``options`` below).
     :param str kl_in: ``"reward"`` (default), ``"loss"`` or ``"none"`` (plain reward maximization, whose optimum
         is a point mass on :math:`\arg\max r`: distribution collapse). The reported ``objective_estimate`` is
         always :math:`r - \beta\,\mathrm{KL}` (k1).
