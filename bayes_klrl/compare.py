@@ -150,9 +150,9 @@ class CompareConfig:
             raise ValueError("steps must be >= 0, num_sequences and eval_samples >= 2")
         from .training import OptimizerSettings  # checks lr, weight decay, warm-up and clipping in one place
 
-        OptimizerSettings(lr=self.lr, **{name: getattr(self, name) for name in OPTIMIZER_OPTIONS})
-        if self.lr_schedule != "constant" and self.steps and self.warmup_steps >= self.steps:
-            raise ValueError(f"warmup_steps {self.warmup_steps} leaves no step of the {self.lr_schedule} schedule")
+        optimizer = OptimizerSettings(lr=self.lr, **{name: getattr(self, name) for name in OPTIMIZER_OPTIONS})
+        if self.steps:
+            optimizer.horizon(self.steps)  # a decay with no steps left after the warm-up
         if self.log_every < 1 or self.checkpoint_every < 0:
             raise ValueError("log_every must be >= 1 and checkpoint_every >= 0")
         if self.kl_target is not None and not (math.isfinite(self.kl_target) and self.kl_target > 0):

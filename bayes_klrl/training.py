@@ -118,6 +118,20 @@ class OptimizerSettings:
         """Whether the schedule depends on the run's length (a decay)."""
         return self.lr_schedule != "constant"
 
+    def horizon(self, total_steps: int | None) -> int | None:
+        """The steps a decaying schedule decays over (``schedule_steps``, else ``total_steps``); ``None`` for the
+        constant schedule. A ValueError when a decay has no length or none left after the warm-up."""
+        if not self.needs_horizon:
+            return None
+        horizon = self.schedule_steps or total_steps
+        if horizon is None:
+            raise ValueError(f"the {self.lr_schedule} schedule needs the run's length (schedule_steps)")
+        if horizon <= self.warmup_steps:
+            raise ValueError(
+                f"a {self.lr_schedule} schedule over {horizon} steps leaves none after {self.warmup_steps} warm-up"
+            )
+        return horizon
+
     def lr_factor(self, step: int, total_steps: int | None = None) -> float:
         r""":math:`\lambda(s)`, the multiplier of ``lr`` at 0-based ``step`` of a run of ``total_steps`` steps."""
         warmup = self.warmup_steps
@@ -125,11 +139,7 @@ class OptimizerSettings:
             return step / warmup
         if self.lr_schedule == "constant":
             return 1.0
-        horizon = self.schedule_steps or total_steps
-        if horizon is None:
-            raise ValueError(f"the {self.lr_schedule} schedule needs the run's length (schedule_steps)")
-        if horizon <= warmup:
-            raise ValueError(f"a {self.lr_schedule} schedule over {horizon} steps leaves none after {warmup} warm-up")
+        horizon = self.horizon(total_steps)
         progress = min(1.0, (step - warmup) / (horizon - warmup))
         if self.lr_schedule == "linear":
             return 1.0 - progress
@@ -233,8 +243,7 @@ class Trainer(ABC):
     def set_total_steps(self, steps: int) -> None:
         """Tell a decaying schedule how long the run is, in trainer steps (:func:`fit` does, before the first)."""
         self.total_steps = int(steps) * self.updates_per_step
-        if self.optim.needs_horizon:
-            self.optim.lr_factor(0, self.optim.schedule_steps or self.total_steps)  # refuses a horizon <= warm-up
+        self.optim.horizon(self.total_steps)  # a decay with no steps left after the warm-up is refused before any
 
     @property
     def current_lr(self) -> float:
@@ -369,9 +378,7 @@ def _takes_two_arguments(function) -> bool:
 
     try:
         inspect.signature(function).bind(None, None)
-    except TypeError:
-        return False
-    except ValueError:  # no signature (a builtin): call it the documented way
+    except (TypeError, ValueError):  # one argument, or no signature (a builtin): call it the documented way
         return False
     return True
 
@@ -436,6 +443,11 @@ def fit(
 ) -> FitResult:
     """Run ``trainer`` for ``steps`` steps (fewer if ``stop`` says so).
 
+    Data parallel: when a torch.distributed process group is up (``torchrun``; :func:`init_distributed_from_env`),
+    every rank runs ``fit`` with the same arguments; each draws its share of the batch from its own stream
+    (:func:`rank_seed`), gradients are averaged over the ranks, statistics over the whole batch are gathered by
+    the trainer, and only rank 0 writes the checkpoint (with every rank's random state, so resume stays exact).
+
     :param int seed: seeds the global RNGs before the first step.
     :param evaluate: ``policy -> dict`` (or ``(policy, step) -> dict``) of extra figures logged at step 0, every
         ``log_every`` steps and at the end; it runs outside the timed region and does not change the training's
@@ -445,11 +457,6 @@ def fit(
     :param checkpoint_dir: where ``checkpoint.pt`` goes; with ``checkpoint_every > 0`` it is written every
         that many steps, and always at the end and on Ctrl-C.
     :param bool resume: continue from ``checkpoint_dir/checkpoint.pt`` (its step, trainer state, RNG and history).
-    Data parallel: when a torch.distributed process group is up (``torchrun``; :func:`init_distributed_from_env`),
-    every rank runs ``fit`` with the same arguments; each draws its share of the batch from its own stream
-    (:func:`rank_seed`), gradients are averaged over the ranks, statistics over the whole batch are gathered by
-    the trainer, and only rank 0 writes the checkpoint (with every rank's random state, so resume stays exact).
-
     :param settings: plain values that define the run (learning rate, batch size, β, …), stored in the
         checkpoint; resuming with different values is refused, so a run never mixes two configurations.
         ``steps`` may grow: a finished run can be extended; a checkpoint past ``steps`` is refused.

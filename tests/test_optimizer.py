@@ -144,3 +144,11 @@ def test_evaluate_may_take_the_step(small_task):
     one = fit(ReinforceTrainer(small_task, small_task.make_policy(), 8), steps=3, seed=0, log_every=3,
               evaluate=lambda policy: {"x": 1.0})  # fmt: skip
     assert seen == [0, 3, 6] and one.history[-1]["x"] == 1.0
+
+
+def test_a_decay_with_no_steps_after_the_warmup_is_refused_before_training(small_task):
+    trainer = ReinforceTrainer(small_task, small_task.make_policy(), 8, lr_schedule="linear", warmup_steps=50)
+    before = trainer.policy.logits.detach().clone()
+    with pytest.raises(ValueError, match="linear schedule over 10 steps leaves none after 50 warm-up"):
+        fit(trainer, steps=10, seed=0)
+    assert torch.equal(trainer.policy.logits, before) and trainer.steps_taken == 0
