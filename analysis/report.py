@@ -39,7 +39,7 @@ from _common import has_saved_data
 from bayes_klrl.compare import prepare_output
 from bayes_klrl.config import parse_names
 from bayes_klrl.storage import write_json
-from bayes_klrl.sweep import EXECUTORS, call_in_file, make_executor
+from bayes_klrl.sweep import add_executor_arguments, call_in_file, executor_from_args, make_executor
 
 #: the experiment scripts (files of this folder), in the report's order; each has NAME, Config, run, plot, main
 MODULES = ("learning_curves", "beta_sweep", "forward_reverse", "posterior", "khat", "mcmc_diagnostics", "recipes")
@@ -90,12 +90,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     g = p.add_argument_group("executor", "the experiments are independent: run them side by side")
-    g.add_argument("--executor", choices=EXECUTORS, default=None,
-                   help="serial (default), a local pool of --workers processes, or Dask (--scheduler, else a "
-                   "LocalCluster of --workers)")  # fmt: skip
-    g.add_argument("--workers", type=int, default=None, help="processes of the pool or the LocalCluster (default 2)")
-    g.add_argument("--scheduler", default=None, metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786")
-    g.add_argument("--threads", type=int, default=1, help="torch threads per experiment on a pool or cluster")
+    add_executor_arguments(g)
     return p
 
 
@@ -112,18 +107,15 @@ def report(args: argparse.Namespace) -> int:
     out = Path(args.out)
     index_path = out / "report.json"
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-    executor = args.executor or ("process" if args.workers and args.workers > 1 else "serial")
-    workers = args.workers if args.workers is not None else (1 if executor == "serial" else 2)
+    executor, workers = executor_from_args(args)
     progress = not args.no_progress and executor == "serial"
     with make_executor(executor, workers=workers, scheduler=args.scheduler) as pool:
         futures = {}
         for name in only:
-            module = known[name]
-            config = module.Config.quick() if args.quick else module.Config()
-            print(f"[{name}] {description(module)}" + ("" if executor == "serial" else " (submitted)"), flush=True)
+            print(f"[{name}] {description(known[name])}" + ("" if executor == "serial" else " (submitted)"), flush=True)
             if executor == "serial":
-                future = pool.submit(run_experiment, module, config, out / name, progress=progress,
-                                     plot_only=args.plot_only)  # fmt: skip
+                future = pool.submit(run_named, name, args.quick, out / name, plot_only=args.plot_only,
+                                     progress=progress)  # fmt: skip
             else:  # a worker imports this file itself, then runs the experiment
                 future = pool.submit(call_in_file, __file__, "run_named", name, args.quick, str(out / name),
                                      plot_only=args.plot_only, threads=args.threads)  # fmt: skip
@@ -138,12 +130,12 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_named(name: str, quick: bool, out: str, *, plot_only: bool = False) -> dict:
-    """:func:`run_experiment` of the experiment called ``name`` with its full or quick settings (what an
-    executor's worker runs)."""
+def run_named(name: str, quick: bool, out: str | Path, *, plot_only: bool = False, progress: bool = False) -> dict:
+    """:func:`run_experiment` of the experiment called ``name`` with its full or quick settings (what every
+    executor runs; a worker of a pool or cluster imports this file by path first)."""
     module = experiments()[name]
     config = module.Config.quick() if quick else module.Config()
-    return run_experiment(module, config, out, progress=False, plot_only=plot_only)
+    return run_experiment(module, config, out, progress=progress, plot_only=plot_only)
 
 
 def _record(index: dict, index_path: Path, out: Path, module: ModuleType, entry: dict, args) -> None:

@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     file's ``COMPARE_DEFAULTS`` can fill them in below the command line."""
     from .compare import CompareConfig
     from .config import add_config_arguments
+    from .sweep import add_executor_arguments
 
     parser = argparse.ArgumentParser(
         prog="bayes-klrl",
@@ -90,12 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=_numbers(int), default=None, metavar="S,S,...", help="seeds of the sweep (e.g. 0,1,2)"
     )
     g.add_argument("--betas", type=_numbers(float), default=None, metavar="B,B,...", help="betas of the sweep")
-    g.add_argument("--executor", choices=("serial", "process", "dask"), default=None,
-                   help="where the runs go: this process (serial, default), a local pool of --workers processes, "
-                   "or a Dask cluster (--scheduler, else a LocalCluster of --workers)")  # fmt: skip
-    g.add_argument("--workers", type=int, default=None, help="processes of the pool or the LocalCluster (default 2)")
-    g.add_argument("--scheduler", default=None, metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786")
-    g.add_argument("--threads", type=int, default=1, help="torch threads per run of a sweep (default 1)")
+    add_executor_arguments(g)
 
     sub.add_parser(
         "tasks", help="list the shipped tasks", description="List shipped tasks with V, T, beta, enumerability."
@@ -190,14 +186,13 @@ def _compare(args) -> int:
 
 def _sweep(args, config, given: dict, out: Path) -> int:
     from .compare import format_table
-    from .sweep import grid, run_sweep, save_sweep, sweep_rows
+    from .sweep import executor_from_args, grid, run_sweep, save_sweep, sweep_rows
 
     if args.seeds is not None and "seed" in given:
         raise ValueError("--seed and --seeds both given; use --seeds")
     if args.betas is not None and args.beta is not None:
         raise ValueError("--beta and --betas both given; use --betas")
-    executor = args.executor or ("process" if args.workers and args.workers > 1 else "serial")
-    workers = args.workers if args.workers is not None else (1 if executor == "serial" else 2)
+    executor, workers = executor_from_args(args)
     runs = grid(
         args.model,
         config,

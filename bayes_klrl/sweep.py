@@ -37,7 +37,18 @@ from tqdm.auto import tqdm
 from .compare import CompareConfig, prepare_output, run_compare, save_comparison
 from .storage import write_csv, write_json
 
-__all__ = ["EXECUTORS", "SweepRun", "call_in_file", "grid", "make_executor", "run_one", "run_sweep", "save_sweep"]
+__all__ = [
+    "EXECUTORS",
+    "SweepRun",
+    "add_executor_arguments",
+    "call_in_file",
+    "executor_from_args",
+    "grid",
+    "make_executor",
+    "run_one",
+    "run_sweep",
+    "save_sweep",
+]
 
 EXECUTORS = ("serial", "process", "dask")
 _CLUSTER_HINT = "pip install 'bayes_klrl[cluster]' (dask[distributed])"
@@ -195,6 +206,29 @@ def call_in_file(path: str, function: str, *args, threads: int = 1, **kwargs):
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return getattr(module, function)(*args, **kwargs)
+
+
+def add_executor_arguments(group) -> None:
+    """The flags that choose an executor (``--executor``, ``--workers``, ``--scheduler``, ``--threads``), on an
+    argparse parser or group; :func:`executor_from_args` reads them."""
+    group.add_argument("--executor", choices=EXECUTORS, default=None,
+                       help="where the runs go: this process (serial, default), a local pool of --workers "
+                       "processes, or a Dask cluster (--scheduler, else a LocalCluster of --workers)")  # fmt: skip
+    group.add_argument(
+        "--workers", type=int, default=None, help="processes of the pool or the LocalCluster (default 2)"
+    )
+    group.add_argument("--scheduler", default=None, metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786")
+    group.add_argument(
+        "--threads", type=int, default=1, help="torch threads of each run on a pool or cluster (default 1)"
+    )
+
+
+def executor_from_args(args) -> tuple[str, int]:
+    """``(kind, workers)`` from :func:`add_executor_arguments`' flags: ``--workers`` above 1 alone means the local
+    pool; a pool or cluster has 2 workers unless told."""
+    kind = args.executor or ("process" if args.workers and args.workers > 1 else "serial")
+    workers = args.workers if args.workers is not None else (1 if kind == "serial" else 2)
+    return kind, workers
 
 
 def run_sweep(
