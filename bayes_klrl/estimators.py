@@ -19,6 +19,7 @@ __all__ = [
     "floor_infeasible",
     "later_sum",
     "leave_one_out_baseline",
+    "weighted_leave_one_out",
     "per_token_kl",
     "rao_blackwell_surrogate",
 ]
@@ -50,6 +51,37 @@ def leave_one_out_baseline(signal: torch.Tensor, dim: int = 0) -> torch.Tensor:
     if k < 2:
         return torch.zeros_like(signal)
     return (signal.sum(dim, keepdim=True) - signal) / (k - 1)
+
+
+def weighted_leave_one_out(signal: torch.Tensor, log_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Self-normalized importance weights and the weighted leave-one-out baseline of ``(K,)`` signals.
+
+    :math:`w_i = e^{\ell_i}/\sum_j e^{\ell_j}` for log-weights :math:`\ell` (e.g.
+    :math:`\log q(x_i) - \log q_{\text{old}}(x_i)` for draws of an older policy) and
+    :math:`b_i = \sum_{j\ne i} w_j f_j / \sum_{j\ne i} w_j`, which does not depend on :math:`x_i`. With equal
+    weights these are :math:`1/K` and :func:`leave_one_out_baseline`. Computed in float64 without the
+    cancellation of :math:`1 - w_i` (the heaviest draw's baseline is rescaled by the second-heaviest weight);
+    :math:`K = 1` gives the baseline 0. Returns ``(weights, baseline)`` in the signal's dtype.
+
+    Example::
+
+        >>> w, b = weighted_leave_one_out(torch.tensor([1.0, 2.0, 3.0]), torch.zeros(3))
+        >>> w, b
+        (tensor([0.3333, 0.3333, 0.3333]), tensor([2.5000, 2.0000, 1.5000]))
+    """
+    f = signal.double()
+    lw = log_weight.double()
+    k = f.shape[0]
+    weights = torch.softmax(lw, 0)
+    if k < 2:
+        return weights.to(signal.dtype), torch.zeros_like(signal)
+    top = int(torch.argmax(lw))
+    u = torch.exp(lw - lw[top])  # u[top] = 1: every other draw's Σ_{j≠i} u_j >= 1, no cancellation
+    baseline = ((u * f).sum() - u * f) / (u.sum() - u)
+    others = torch.cat([lw[:top], lw[top + 1 :]])
+    v = torch.exp(others - others.max())
+    baseline[top] = (v * torch.cat([f[:top], f[top + 1 :]])).sum() / v.sum()
+    return weights.to(signal.dtype), baseline.to(signal.dtype)
 
 
 def floor_infeasible(signal: torch.Tensor, margin: float = INFEASIBLE_MARGIN, dim: int = 0) -> torch.Tensor:

@@ -540,6 +540,7 @@ RECIPE_OPTIONS = (
     "minibatches",
     "clip",
     "kl_gradient",
+    "replay",
 )
 
 

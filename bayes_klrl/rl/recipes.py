@@ -26,6 +26,14 @@ and :math:`\log\pi_{0,it}`, a :class:`Recipe` chooses
   :math:`\nabla J` (lower variance only far from :math:`\pi^*`, see :mod:`bayes_klrl.infer.svi`). It needs ``kl_in="reward"``, ``kl_estimator="k1"``, ``advantage="loo"`` and
   one update per batch, and is refused otherwise (in the loss, or under a group-standardized advantage or a
   clipped reuse, it would not be the gradient of :math:`J`);
+- **replay** (``replay``, with the KL in the reward and the leave-one-out advantage): each step's gradient uses
+  this batch and the ``replay - 1`` batches before it, every sequence rescored by the current policy and weighted
+  by the self-normalized importance weight :math:`w_i \propto q(x_i)/q_{\text{behaviour}}(x_i)` (the policy
+  that drew it), its signal recomputed under the current policy and centred by the weighted leave-one-out mean
+  (:func:`~bayes_klrl.estimators.weighted_leave_one_out`): the loss is :math:`-\sum_i w_i A_i \log q(x_i)`.
+  A consistent estimate of :math:`\nabla J` from ``replay`` times as many sequences at no extra sampling; it
+  is still exactly 0 at :math:`q = \pi^*` (every signal is :math:`\log Z`), so the fixed point is unchanged.
+  ``replay = 1`` is RLOO itself;
 - **off-policy reuse** (``epochs``, ``minibatches``): several passes over the batch, each token's advantage
   term the clipped surrogate :math:`\min(\rho_{it}A_i, \mathrm{clip}(\rho_{it}, 1\pm\epsilon)A_i)` with
   :math:`\rho_{it} = q_{it}/q^{\text{old}}_{it}` (GRPO's num_iterations, PPO's epochs). With one pass,
@@ -93,6 +101,8 @@ class Recipe:
     :param float clip: :math:`\\epsilon` of the clipped ratio (used when a batch is reused).
     :param str kl_gradient: ``"sampled"`` or ``"analytic"`` (the exact per-token KL, Rao-Blackwellized; KL in the
         reward, k1, leave-one-out advantage and one update per batch only).
+    :param int replay: batches each gradient uses, this one included, importance-weighted (1: on-policy; KL in
+        the reward, leave-one-out advantage, sampled KL gradient and one update per batch only).
     """
 
     kl_in: str = "reward"
@@ -105,6 +115,7 @@ class Recipe:
     minibatches: int = 1
     clip: float = 0.2
     kl_gradient: str = "sampled"
+    replay: int = 1
 
     def __post_init__(self):
         for name, allowed in (
@@ -126,6 +137,12 @@ class Recipe:
             raise ValueError(f"clip must be in (0, 1), got {self.clip}")
         if self.kl_gradient == "analytic":
             self._check_analytic()
+        if isinstance(self.replay, bool) or not isinstance(self.replay, int | float) or self.replay != int(self.replay):
+            raise ValueError(f"replay must be a whole number of batches >= 1, got {self.replay!r}")
+        if self.replay < 1:
+            raise ValueError(f"replay must be a whole number of batches >= 1, got {self.replay!r}")
+        if self.replay > 1:
+            self._check_replay()
 
     def _check_analytic(self) -> None:
         """The analytic KL gradient is the unbiased gradient of J only in the RLOO form: refuse the rest."""
@@ -140,6 +157,20 @@ class Recipe:
             raise ValueError("kl_gradient='analytic' centres each position by leave-one-out; it needs advantage='loo'")
         if self.reuses_batches:
             raise ValueError("kl_gradient='analytic' takes one update per batch; set epochs=1 and minibatches=1")
+
+    def _check_replay(self) -> None:
+        """Replay weights each sequence's score term by q/q_behaviour: defined for the RLOO form only."""
+        if self.kl_in != "reward":
+            raise ValueError(
+                f"replay reweights the KL-in-reward signal of earlier batches; kl_in={self.kl_in!r} has an in-loss "
+                f"term it does not reweight (use kl_in='reward' or replay=1)"
+            )
+        if self.advantage != "loo":
+            raise ValueError("replay centres each signal by the weighted leave-one-out mean; it needs advantage='loo'")
+        if self.kl_gradient != "sampled":
+            raise ValueError("replay takes the sampled KL gradient; set kl_gradient='sampled' or replay=1")
+        if self.reuses_batches:
+            raise ValueError("replay already reuses earlier batches, importance-weighted; set epochs=1, minibatches=1")
 
     def check_batch(self, num_sequences: int) -> None:
         """Refuse a batch size the recipe cannot split (groups, minibatches of at least 2)."""

@@ -13,11 +13,12 @@ ratio-corrected variant and Dr. GRPO are this trainer with other options (``PRES
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import torch
 
-from ..estimators import per_token_kl, rao_blackwell_surrogate
+from ..estimators import per_token_kl, rao_blackwell_surrogate, weighted_leave_one_out
 from ..lm import AutoregressiveLM
 from ..task import Task
 from ..training import Trainer
@@ -40,6 +41,11 @@ class ReinforceTrainer(Trainer):
         unbiased for :math:`\nabla J`, one ``next_token_log_probs`` pass per LM; lower variance only while the sampled
         log-ratio's noise dominates (see :class:`~bayes_klrl.infer.svi.LeaveOneOutELBO`). Refused (one line)
         for ``kl_in="loss"``/``"none"``, another ``kl_estimator``, group advantages and batch reuse.
+    :param int replay: batches each gradient uses, this one included (default 1: on-policy RLOO). Earlier batches
+        are rescored by the current policy and importance-weighted, :math:`w_i \propto q(x_i)/q_{\text{behaviour}}(x_i)`
+        (self-normalized), their signals recomputed and centred by the weighted leave-one-out mean: a consistent
+        estimate of :math:`\nabla J` from ``replay`` times the sequences, with the same fixed point :math:`\pi^*`.
+        The weights' effective sample size is reported as ``replay_ess``; the batches kept are in checkpoints.
     :param options: the other fields of :class:`~bayes_klrl.rl.recipes.Recipe` (``kl_estimator``,
         ``kl_ratio_correction``, ``advantage``, ``group_size``, ``normalization``, ``epochs``, ``minibatches``,
         ``clip``, ``kl_gradient``) and of :class:`~bayes_klrl.training.OptimizerSettings` (``optimizer``, ``weight_decay``,
@@ -51,6 +57,7 @@ class ReinforceTrainer(Trainer):
         >>> grpo = ReinforceTrainer(task, task.make_policy(), 1024, kl_in="loss", kl_estimator="k3",
         ...                         advantage="group-std", normalization="sequence")
         >>> rb = ReinforceTrainer(task, task.make_policy(), 1024, kl_gradient="analytic")
+        >>> replayed = ReinforceTrainer(task, task.make_policy(), 16, replay=32)   # the last 32 batches
     """
 
     method = "rl"
@@ -71,6 +78,8 @@ class ReinforceTrainer(Trainer):
         self.recipe.check_batch(self.num_sequences)
         if self.world_size > 1 and self.recipe.kl_gradient == "analytic":
             raise ValueError("kl_gradient='analytic' does not run data-parallel yet; use the sampled KL under torchrun")
+        # the replayed batches, oldest first: (x, behaviour log q(x), per-token log π0, reward), this rank's rows
+        self.replay_buffer: collections.deque = collections.deque(maxlen=int(self.recipe.replay))
 
     @property
     def updates_per_step(self) -> int:
@@ -81,6 +90,8 @@ class ReinforceTrainer(Trainer):
         x = self.sample_batch()  # (N, T): this rank's share under data parallelism
         if recipe.kl_gradient == "analytic":
             return self._analytic_kl_step(x)
+        if recipe.replay > 1:
+            return self._replay_step(x)
         token_log_q = self.policy.token_log_probs(x)  # (N, T), differentiable
         with torch.no_grad():
             old_token_log_q = token_log_q.detach()
@@ -103,6 +114,53 @@ class ReinforceTrainer(Trainer):
             "reward_mean": float(r.mean()),
             "kl_estimate": float(kl.mean()),
         }
+
+    def _replay_step(self, x: torch.Tensor) -> dict[str, float]:
+        r"""One update on this batch and the kept earlier ones (``replay > 1``): the loss is
+        :math:`-\sum_i w_i (R_i - b_i)\log q(x_i)` over every kept sequence, :math:`R_i` the signal under the
+        current policy, :math:`w_i` and :math:`b_i` from :func:`~bayes_klrl.estimators.weighted_leave_one_out`
+        with log-weights :math:`\log q(x_i) - \log q_{\text{behaviour}}(x_i)`; over the gathered buffers of every
+        rank under data parallelism."""
+        task, beta, recipe = self.task, self.task.beta, self.recipe
+        with torch.no_grad():
+            token_log_prior = task.prior.token_log_probs(x)  # (N, T)
+            r = task.rewards(x)  # (N,)
+        self.replay_buffer.append((x, None, token_log_prior, r))  # behaviour log q: filled from the pass below
+        xs, behaviour, log_prior, rewards = zip(*self.replay_buffer)
+        token_log_q = self.policy.token_log_probs(torch.cat(xs))  # (M, T), differentiable: one pass over all
+        log_q = token_log_q.detach().sum(-1)
+        n = x.shape[0]
+        self.replay_buffer[-1] = (x, log_q[-n:].clone(), token_log_prior, r)  # this batch: drawn by this policy
+        with torch.no_grad():
+            log_weight = log_q - torch.cat([*behaviour[:-1], log_q[-n:]])
+            signal = learning_signal(torch.cat(rewards), token_log_q, torch.cat(log_prior), beta, recipe)
+            weight, baseline = weighted_leave_one_out(self.gather(signal), self.gather(log_weight))
+            weight, advantage = self.shard(weight), self.shard(signal) - self.shard(baseline)
+        per_sequence = -(weight * advantage) * token_log_q.sum(-1)
+        if recipe.normalization == "sequence":
+            per_sequence = per_sequence / x.shape[-1]
+        self.update(per_sequence.sum() * self.world_size)  # weights sum to 1 over every rank: update averages
+        kl = log_q[-n:] - token_log_prior.sum(-1)
+        all_weights = self.gather(weight)
+        return {
+            "objective_estimate": float((r - beta * kl).mean()),
+            "reward_mean": float(r.mean()),
+            "kl_estimate": float(kl.mean()),
+            "replay_ess": float(1.0 / (all_weights.double() ** 2).sum()),
+        }
+
+    def state_dict(self) -> dict:
+        """The base's state and the kept replay batches (a resume continues with the same weights)."""
+        state = super().state_dict()
+        if self.recipe.replay > 1:
+            state["replay_buffer"] = [list(entry) for entry in self.replay_buffer]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.replay_buffer.clear()
+        for entry in state.get("replay_buffer", []):
+            self.replay_buffer.append(tuple(entry))
 
     def _analytic_kl_step(self, x: torch.Tensor) -> dict[str, float]:
         r"""One update with the exact per-token KL (``kl_gradient="analytic"``): the loss is
