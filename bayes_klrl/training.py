@@ -320,7 +320,8 @@ class Trainer(ABC):
 
     def state_dict(self) -> dict:
         """Everything a resume needs: the policy's trainable weights, the optimizer's state and the schedule's
-        clock (extend it with a trainer's own state)."""
+        clock (extend it with a trainer's own state). :func:`fit` calls it on every data-parallel rank, so an
+        extension may gather state the ranks hold apart; rank 0 writes the result."""
         return {
             "policy": trainable_state(self.policy),
             "optimizer": self.optimizer.state_dict(),
@@ -531,6 +532,7 @@ def fit(
         if ckpt_path is None:
             return
         rank_rngs = None
+        trainer_state = trainer.state_dict()  # on every rank: a trainer may gather its ranks' state
         if distributed:  # every rank's stream, so each resumes its own; rank 0 writes
             rank_rngs = [None] * trainer.world_size
             torch.distributed.all_gather_object(rank_rngs, torch.get_rng_state())
@@ -541,7 +543,7 @@ def fit(
                 "method": trainer.method,
                 "settings": dict(settings or {}),
                 "step": step,
-                "trainer": trainer.state_dict(),
+                "trainer": trainer_state,
                 "rng": torch.get_rng_state(),
                 "rank_rngs": rank_rngs,
                 "python_rng": random.getstate(),

@@ -22,8 +22,13 @@ GLOBAL_BATCH = 1024
 STEPS = 20
 #: parameters of a 2-rank run with identical sampling vs one process (float sums in another order)
 SAME_PARAMETERS_ATOL = 1e-6
-TRAINERS = {"rl": ReinforceTrainer, "grpo": ReinforceTrainer, "svi": SVITrainer}
-OPTIONS = {"rl": {}, "grpo": {"kl_in": "loss", "kl_estimator": "k3", "advantage": "group-std"}, "svi": {}}
+TRAINERS = {"rl": ReinforceTrainer, "grpo": ReinforceTrainer, "svi": SVITrainer, "rl_replay": ReinforceTrainer}
+OPTIONS = {
+    "rl": {},
+    "grpo": {"kl_in": "loss", "kl_estimator": "k3", "advantage": "group-std"},
+    "svi": {},
+    "rl_replay": {"replay": 3},
+}
 
 
 def _free_port() -> int:
@@ -77,15 +82,17 @@ def test_two_ranks_with_their_own_streams_reach_the_same_kl(tmp_path):
     assert abs(ranks["dp"][1] - sum(kls) / 2) < max(4 * spread, 0.1 * kls[0])
 
 
-def test_a_data_parallel_run_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("method", ["rl", "rl_replay"])
+def test_a_data_parallel_run_resumes_exactly(tmp_path, method):
+    """rl_replay: rank 0's checkpoint holds every rank's kept batches."""
     torch.set_num_threads(1)
     ckpt = str(tmp_path / "ckpt")
     ranks = _spawn(
         tmp_path,
         [
-            ("straight", "rl", {"steps": 12, "identical": False}),
-            ("first", "rl", {"steps": 6, "identical": False, "checkpoint_dir": ckpt}),
-            ("resumed", "rl", {"steps": 12, "identical": False, "checkpoint_dir": ckpt, "resume": True}),
+            ("straight", method, {"steps": 12, "identical": False}),
+            ("first", method, {"steps": 6, "identical": False, "checkpoint_dir": ckpt}),
+            ("resumed", method, {"steps": 12, "identical": False, "checkpoint_dir": ckpt, "resume": True}),
         ],
     )
     assert torch.equal(ranks["straight"][0], ranks["resumed"][0])

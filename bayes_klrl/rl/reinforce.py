@@ -135,7 +135,7 @@ class ReinforceTrainer(Trainer):
             log_weight = log_q - torch.cat([*behaviour[:-1], log_q[-n:]])
             signal = learning_signal(torch.cat(rewards), token_log_q, torch.cat(log_prior), beta, recipe)
             weight, baseline = weighted_leave_one_out(self.gather(signal), self.gather(log_weight))
-            weight, advantage = self.shard(weight), self.shard(signal) - self.shard(baseline)
+            weight, advantage = self.shard(weight), signal - self.shard(baseline)
         per_sequence = -(weight * advantage) * token_log_q.sum(-1)
         if recipe.normalization == "sequence":
             per_sequence = per_sequence / x.shape[-1]
@@ -150,16 +150,23 @@ class ReinforceTrainer(Trainer):
         }
 
     def state_dict(self) -> dict:
-        """The base's state and the kept replay batches (a resume continues with the same weights)."""
+        """The base's state and the kept replay batches, one list per data-parallel rank (gathered, so rank 0's
+        checkpoint holds every rank's rows and a resume continues with the same weights)."""
         state = super().state_dict()
         if self.recipe.replay > 1:
-            state["replay_buffer"] = [list(entry) for entry in self.replay_buffer]
+            kept = [list(entry) for entry in self.replay_buffer]
+            every = [kept]
+            if self.world_size > 1:
+                every = [None] * self.world_size
+                torch.distributed.all_gather_object(every, kept)
+            state["replay_buffer"] = every
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.replay_buffer.clear()
-        for entry in state.get("replay_buffer", []):
+        per_rank = state.get("replay_buffer") or [[]] * self.world_size
+        for entry in per_rank[self.rank]:
             self.replay_buffer.append(tuple(entry))
 
     def _analytic_kl_step(self, x: torch.Tensor) -> dict[str, float]:

@@ -114,7 +114,7 @@ def test_replay_resumes_exactly(tmp_path, monkeypatch):
     assert torch.equal(whole.logits, resumed.logits)
     # a resume that lost the kept batches would not match: the check can fail
     load = ReinforceTrainer.load_state_dict
-    monkeypatch.setattr(ReinforceTrainer, "load_state_dict", lambda self, s: load(self, {**s, "replay_buffer": []}))
+    monkeypatch.setattr(ReinforceTrainer, "load_state_dict", lambda self, s: load(self, {**s, "replay_buffer": [[]]}))
     forgetful = fit(make(), steps=8, seed=6, checkpoint_dir=tmp_path / "b", resume=True).policy
     assert not torch.equal(whole.logits, forgetful.logits)
 
