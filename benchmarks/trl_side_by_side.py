@@ -495,11 +495,22 @@ def _goal_key(goal: float) -> str:
     return f"sequences_to_kl_{goal:g}"
 
 
+SEED_FIELDS = ("seed", "data_seed")
+
+
+def _without_seeds(settings):
+    """``settings`` with every seed field (at any depth) left out: what the seeds of one setting share."""
+    if isinstance(settings, dict):
+        return {k: _without_seeds(v) for k, v in settings.items() if k not in SEED_FIELDS}
+    return settings
+
+
 def summarize(runs: Sequence[dict], goals: Sequence[float]) -> list[dict]:
-    """Per (side, method, lr, sequences, settings): medians over seeds (a seed missing a goal counts as +∞)."""
+    """Per (side, method, lr, sequences, settings but seeds): medians over seeds (a seed missing a goal counts
+    as +∞)."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
-        options = json.dumps(run.get("settings", {}), sort_keys=True, default=str)
+        options = json.dumps(_without_seeds(run.get("settings", {})), sort_keys=True, default=str)
         groups.setdefault((run["side"], run["method"], run["lr"], run["sequences"], options), []).append(run)
     rows = []
     for (side, method, lr, sequences, _), members in sorted(groups.items(), key=lambda kv: kv[0]):

@@ -170,6 +170,16 @@ def test_summary_counts_first_check_below_each_goal_and_medians_misses_as_infini
     assert row["seconds_per_1000_sequences"] == pytest.approx(1000 * 2 / 32)
 
 
+def test_summary_groups_seeds_whose_settings_name_their_seed():
+    """TRL's config carries seed and data_seed: the seeds of one setting still form one row; other options do not."""
+    runs = [
+        dict(_run(s, [0.9, 0.01]), settings={"rloo_config": {"seed": s, "data_seed": s, "beta": 0.5}}) for s in (0, 1)
+    ]
+    other = dict(_run(2, [0.9, 0.01]), settings={"rloo_config": {"seed": 2, "data_seed": 2, "beta": 0.7}})
+    rows = sbs.summarize([*runs, other], (0.05,))
+    assert [r["seeds"] for r in rows] == [[0, 1], [2]]
+
+
 def test_summary_groups_by_learning_rate():
     rows = sbs.summarize([_run(0, [0.9, 0.1], lr=3e-4), _run(0, [0.9, 0.01], lr=1e-3)], (0.05,))
     assert [r["lr"] for r in rows] == [3e-4, 1e-3]
