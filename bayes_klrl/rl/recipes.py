@@ -162,8 +162,8 @@ class Recipe:
         """Replay weights each sequence's score term by q/q_behaviour: defined for the RLOO form only."""
         if self.kl_in != "reward":
             raise ValueError(
-                f"replay reweights the KL-in-reward signal of earlier batches; kl_in={self.kl_in!r} has an in-loss "
-                f"term it does not reweight (use kl_in='reward' or replay=1)"
+                f"replay importance-weights the KL-in-reward signal of earlier batches and needs kl_in='reward', "
+                f"got kl_in={self.kl_in!r} (or set replay=1)"
             )
         if self.advantage != "loo":
             raise ValueError("replay centres each signal by the weighted leave-one-out mean; it needs advantage='loo'")

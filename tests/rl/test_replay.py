@@ -123,6 +123,7 @@ def test_replay_resumes_exactly(tmp_path, monkeypatch):
     "options, message",
     [
         (dict(kl_in="loss", kl_estimator="k3"), "kl_in='loss'"),
+        (dict(kl_in="none"), "kl_in='none'"),
         (dict(advantage="group-std"), "advantage='loo'"),
         (dict(kl_gradient="analytic"), "kl_gradient='sampled'"),
         (dict(epochs=2), "epochs=1"),
@@ -130,7 +131,7 @@ def test_replay_resumes_exactly(tmp_path, monkeypatch):
         (dict(replay=2.5), "replay must be"),
         (dict(replay="4"), "replay must be"),
     ],
-    ids=["in-loss", "group-std", "analytic", "epochs", "zero", "fraction", "text"],
+    ids=["in-loss", "none", "group-std", "analytic", "epochs", "zero", "fraction", "text"],
 )
 def test_replay_is_refused_outside_rloo(options, message):
     options = {"replay": 3, **options}
