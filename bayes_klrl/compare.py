@@ -123,7 +123,7 @@ class CompareConfig:
     epochs: int | None = option(None, "recipes and ppo: passes over each batch (clipped ratio when > 1)")
     minibatches: int | None = option(None, "recipes and ppo: minibatches per pass")
     clip: float | None = option(None, "recipes and ppo: clip range epsilon of the importance ratio")
-    replay: int | None = option(None, "recipes with the KL in the reward: batches each gradient uses, this one "
+    replay: int | None = option(None, "svi and the KL-in-reward recipes: batches each gradient uses, this one "
                                 "included, importance-weighted by q/q_old (none: 1, on-policy)")  # fmt: skip
     log_every: int = option(50, "steps between logged points of the learning curves")
     eval_samples: int = option(1024, "Monte Carlo samples scoring each policy (importance sampling, k-hat)")

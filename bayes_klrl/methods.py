@@ -563,7 +563,7 @@ register(
         "SVI (Pyro)",
         "stochastic variational inference, the policy as guide",
         _svi,
-        ("estimator", "kl_gradient", "sites"),
+        ("estimator", "kl_gradient", "sites", "replay"),
     )
 )
 register(_recipe("rl", "REINFORCE (RLOO)", "REINFORCE, k1 KL in the reward, leave-one-out baseline (RLOO)"))

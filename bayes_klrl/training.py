@@ -283,6 +283,15 @@ class Trainer(ABC):
         n = values.shape[0] // self.world_size
         return values[self.rank * n : (self.rank + 1) * n]
 
+    def per_rank(self, value) -> list:
+        """``[value]`` on one process; under data parallelism every rank's ``value`` in rank order (a collective:
+        every rank calls it), e.g. state each rank holds apart that rank 0's checkpoint must carry."""
+        if self.world_size == 1:
+            return [value]
+        every = [None] * self.world_size
+        torch.distributed.all_gather_object(every, value)
+        return every
+
     def reduce_stats(self, stats: dict) -> dict:
         """Float statistics averaged over the ranks (each is a mean over its equal share), so every rank logs
         and stops alike."""

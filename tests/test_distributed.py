@@ -22,12 +22,19 @@ GLOBAL_BATCH = 1024
 STEPS = 20
 #: parameters of a 2-rank run with identical sampling vs one process (float sums in another order)
 SAME_PARAMETERS_ATOL = 1e-6
-TRAINERS = {"rl": ReinforceTrainer, "grpo": ReinforceTrainer, "svi": SVITrainer, "rl_replay": ReinforceTrainer}
+TRAINERS = {
+    "rl": ReinforceTrainer,
+    "grpo": ReinforceTrainer,
+    "svi": SVITrainer,
+    "rl_replay": ReinforceTrainer,
+    "svi_replay": SVITrainer,
+}
 OPTIONS = {
     "rl": {},
     "grpo": {"kl_in": "loss", "kl_estimator": "k3", "advantage": "group-std"},
     "svi": {},
     "rl_replay": {"replay": 3},
+    "svi_replay": {"replay": 3},
 }
 
 
@@ -82,9 +89,9 @@ def test_two_ranks_with_their_own_streams_reach_the_same_kl(tmp_path):
     assert abs(ranks["dp"][1] - sum(kls) / 2) < max(4 * spread, 0.1 * kls[0])
 
 
-@pytest.mark.parametrize("method", ["rl", "rl_replay"])
+@pytest.mark.parametrize("method", ["rl", "rl_replay", "svi_replay"])
 def test_a_data_parallel_run_resumes_exactly(tmp_path, method):
-    """rl_replay: rank 0's checkpoint holds every rank's kept batches."""
+    """The replays: rank 0's checkpoint holds every rank's kept batches."""
     torch.set_num_threads(1)
     ckpt = str(tmp_path / "ckpt")
     ranks = _spawn(

@@ -32,10 +32,16 @@ sampled KL cancels the reward's noise sample by sample (zero variance at :math:`
 Measured on ``markov`` (N=256, tabular policy trained by SVI), analytic/sampled total variance: 1.00 at
 :math:`\pi_0` (both signals equal there), 1.17 after 5 steps, 1.94 after 20, 6.6 after 60, 51 after 300; on a
 tabular policy moved at random away from both :math:`\pi_0` and :math:`\pi^*`, 0.66 (tests/infer/test_svi_analytic.py).
+
+**Replay** (``replay=K``, ``"loo"`` on the sequence layout): :class:`ReplayELBO` also scores the sequences the guide
+drew at the last :math:`K-1` steps, by running the guide conditioned on them, and importance-weights them by
+:math:`q(x)/q_{\text{then}}(x)`: the same estimator as the RL recipes' ``replay``, so SVI and REINFORCE still take
+the same steps.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 from dataclasses import dataclass
@@ -56,6 +62,7 @@ from ..estimators import (
     KL_GRADIENTS,
     floor_infeasible,
     leave_one_out_baseline,
+    weighted_leave_one_out,
     per_token_kl,
     rao_blackwell_surrogate,
 )
@@ -70,6 +77,7 @@ __all__ = [
     "KL_GRADIENTS",
     "GradientStats",
     "LeaveOneOutELBO",
+    "ReplayELBO",
     "SVITrainer",
     "gradient_samples",
     "gradient_variance",
@@ -276,17 +284,88 @@ class LeaveOneOutELBO(ELBO):
         return -float(signal.sum())
 
 
-def make_elbo(estimator: str, kl_gradient: str = "sampled") -> tuple[ELBO, dict | None]:
+class ReplayELBO(LeaveOneOutELBO):
+    r""":class:`LeaveOneOutELBO` whose gradient also uses the sequences the guide drew at the last ``replay - 1`` calls.
+
+    The kept sequences :math:`x_j` are rescored by running the guide conditioned on them (``poutine.condition``),
+    so :math:`\log q(x_j)` is the current guide's, differentiable; their :math:`\log p(x_j, y)` (the model has no
+    parameters) is kept from the call that drew them, so the reward is not evaluated again. With log-weights
+    :math:`\ell_j = \log q(x_j) - \log q_{\text{then}}(x_j)` (0 for this call's draws) and signals
+    :math:`f_j = \log p(x_j, y) - \log q(x_j)`, the surrogate is
+
+    .. math:: -N \sum_j w_j (f_j - b_j) \log q(x_j),
+
+    :math:`w, b` from :func:`~bayes_klrl.estimators.weighted_leave_one_out` and :math:`N` this call's sequences, so
+    its gradient estimates :math:`-\nabla\sum_i \mathrm{ELBO}_i` as :class:`LeaveOneOutELBO`'s does (consistent;
+    exactly zero at :math:`q = \pi^*`). The model and guide take ``(task, num_sequences)`` and have one
+    latent site (the ``"sequence"`` layout). ``replay=1`` would be :class:`LeaveOneOutELBO` itself.
+
+    Example::
+
+        >>> elbo = ReplayELBO(replay=8)
+        >>> loss = elbo.loss_and_grads(model, PolicyGuide(policy, sites="sequence"), task, 16)
+        >>> len(elbo.kept)    # this call's draws, for the next 7 calls
+        1
+    """
+
+    def __init__(self, replay: int):
+        if isinstance(replay, bool) or not isinstance(replay, int) or replay < 2:
+            raise ValueError(f"ReplayELBO needs replay >= 2 (a whole number of calls), got {replay!r}")
+        super().__init__("sampled")
+        self.replay = replay
+        #: per earlier call: (sequences, log q at that call, log p(x, y)), oldest first
+        self.kept: collections.deque = collections.deque(maxlen=replay - 1)
+        self.last_ess: float | None = None  # effective sample size of the last call's weights, every rank's rows
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        model_trace, guide_trace = self._traces(model, guide, args, kwargs)
+        latent = [s for s in guide_trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]]
+        if len(latent) != 1:
+            raise ValueError("ReplayELBO needs the guide's sequences as one sample site (sites='sequence')")
+        name, x = latent[0]["name"], latent[0]["value"]
+        log_q = [_sum_log_probs(guide_trace)]  # (N,), differentiable
+        with torch.no_grad():
+            log_joint = [_sum_log_probs(model_trace)]
+        then = [log_q[0].detach()]  # this call's draws: drawn by this guide
+        if self.kept:
+            xs, then_old, joint_old = zip(*self.kept)
+            conditioned = poutine.condition(guide, data={name: torch.cat(xs)})
+            rescored = _run_traced(conditioned, (args[0], sum(map(len, xs))), kwargs)
+            _prune_and_score(rescored)
+            log_q, then, log_joint = [_sum_log_probs(rescored), *log_q], [*then_old, *then], [*joint_old, *log_joint]
+        log_q, then, log_joint = torch.cat(log_q), torch.cat(then), torch.cat(log_joint)
+        with torch.no_grad():
+            signal = floor_infeasible(log_joint - log_q.detach())
+            weight, baseline = weighted_leave_one_out(self.gather(signal), self.gather(log_q.detach() - then))
+            ranks = weight.shape[0] // signal.shape[0]  # weights sum to 1 over every rank's rows
+            advantage = self.shard(weight) * (signal - self.shard(baseline)) * (x.shape[0] * ranks)
+        (-(advantage * log_q).sum()).backward()
+        self.last_ess = float(1.0 / (weight.double() ** 2).sum())
+        self.kept.append((x.detach(), then[-x.shape[0] :], log_joint[-x.shape[0] :]))
+        n = x.shape[0]
+        return -float((log_joint[-n:] - log_q[-n:].detach()).sum())
+
+
+
+def make_elbo(estimator: str, kl_gradient: str = "sampled", replay: int = 1) -> tuple[ELBO, dict | None]:
     """The ELBO for ``estimator`` and the ``infer`` dict the guide's token sites need (baselines).
 
-    ``kl_gradient="analytic"`` is an option of ``"loo"`` (:class:`LeaveOneOutELBO`) only.
+    ``kl_gradient="analytic"`` and ``replay > 1`` (:class:`ReplayELBO`) are options of ``"loo"`` only, and not of
+    each other.
     """
     if kl_gradient not in KL_GRADIENTS:
         raise ValueError(f"unknown kl_gradient {kl_gradient!r}; choose one of {', '.join(KL_GRADIENTS)}")
     if kl_gradient != "sampled" and estimator != "loo":
         raise ValueError(f"kl_gradient={kl_gradient!r} is an option of the 'loo' estimator, not of {estimator!r}")
+    if isinstance(replay, bool) or not isinstance(replay, int) or replay < 1:
+        raise ValueError(f"replay must be a whole number of batches >= 1, got {replay!r}")
+    if replay > 1 and (estimator != "loo" or kl_gradient != "sampled"):
+        raise ValueError(
+            f"replay is an option of the 'loo' estimator with the sampled KL gradient, not of estimator={estimator!r}, "
+            f"kl_gradient={kl_gradient!r}"
+        )
     if estimator == "loo":
-        return LeaveOneOutELBO(kl_gradient), None
+        return (ReplayELBO(replay) if replay > 1 else LeaveOneOutELBO(kl_gradient)), None
     if estimator == "trace":
         return Trace_ELBO(max_plate_nesting=1), None
     if estimator == "tracegraph":
@@ -314,6 +393,10 @@ class SVITrainer(Trainer):
         ``"loo"`` only): see :class:`LeaveOneOutELBO`.
     :param str sites: the site layout of the model and guide, ``"sequence"`` or ``"tokens"``; ``None``: the
         estimator's :data:`DEFAULT_SITES` (``"sequence"`` but for ``"tracegraph"``).
+    :param int replay: steps whose sequences each gradient uses, this one included (default 1); ``> 1`` needs
+        ``estimator="loo"``, the sampled KL gradient and the sequence layout (:class:`ReplayELBO`: the same
+        estimator, and the same steps, as :class:`~bayes_klrl.rl.ReinforceTrainer`'s ``replay``). The kept
+        sequences are in checkpoints; ``replay_ess`` is reported.
     :param bool validate_every_step: run Pyro's validation (argument, support and site checks) on every step;
         by default only the first step is validated, which removes most of Pyro's per-step overhead.
     :param optimizer_options: optimizer, schedule and clipping (:class:`~bayes_klrl.training.OptimizerSettings`).
@@ -336,15 +419,19 @@ class SVITrainer(Trainer):
         estimator: str = "loo",
         kl_gradient: str = "sampled",
         sites: str | None = None,
+        replay: int = 1,
         validate_every_step: bool = False,
         **optimizer_options,
     ):
         super().__init__(task, policy, num_sequences, lr=lr, **optimizer_options)
-        elbo, infer = make_elbo(estimator, kl_gradient)
+        elbo, infer = make_elbo(estimator, kl_gradient, replay)
         pyro.clear_param_store()
         self.estimator = estimator
         self.kl_gradient = kl_gradient
         self.sites = check_sites(DEFAULT_SITES.get(estimator, "tokens") if sites is None else sites)
+        if replay > 1 and self.sites != "sequence":
+            raise ValueError("replay rescores earlier draws through the one sequence-level site; use sites='sequence'")
+        self.replay = replay
         self.elbo = elbo
         self.model = functools.partial(model, sites=self.sites)
         self.guide = PolicyGuide(policy, infer, sites=self.sites)
@@ -368,7 +455,24 @@ class SVITrainer(Trainer):
             if p.grad is not None:
                 p.grad.mul_(scale)
         self.update()
-        return {"elbo_estimate": -loss / n}
+        stats = {"elbo_estimate": -loss / n}
+        if self.replay > 1:
+            stats["replay_ess"] = self.elbo.last_ess
+        return stats
+
+    def state_dict(self) -> dict:
+        """The base's state and, with ``replay``, the kept draws of every rank (so a resume is exact)."""
+        state = super().state_dict()
+        if self.replay > 1:
+            state["replay_kept"] = self.per_rank([list(entry) for entry in self.elbo.kept])
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.replay > 1:
+            self.elbo.kept.clear()
+            for entry in (state.get("replay_kept") or [[]] * self.world_size)[self.rank]:
+                self.elbo.kept.append(tuple(entry))
 
     @contextlib.contextmanager
     def _presampled(self):

@@ -154,12 +154,7 @@ class ReinforceTrainer(Trainer):
         checkpoint holds every rank's rows and a resume continues with the same weights)."""
         state = super().state_dict()
         if self.recipe.replay > 1:
-            kept = [list(entry) for entry in self.replay_buffer]
-            every = [kept]
-            if self.world_size > 1:
-                every = [None] * self.world_size
-                torch.distributed.all_gather_object(every, kept)
-            state["replay_buffer"] = every
+            state["replay_buffer"] = self.per_rank([list(entry) for entry in self.replay_buffer])
         return state
 
     def load_state_dict(self, state: dict) -> None:
