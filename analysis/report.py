@@ -12,7 +12,9 @@ seconds, the command and the script that redo it alone, and whether it was quick
 - ``khat``: PSIS k̂ of the SVI and RL policies over training;
 - ``mcmc``: ArviZ trace, rank and ESS plots of the MCMC kernels (``mcmc_diagnostics.py``);
 - ``recipes``: RLOO, GRPO, GRPO with the ratio correction and Dr. GRPO trained to their fixed points over a β
-  sweep, scored exactly against π* and placed against the Bayes frontier.
+  sweep, scored exactly against π* and placed against the Bayes frontier;
+- ``trl_curves``: TRL's RLOOTrainer against this package's trainers on a GPT-2, drawn from the saved results of
+  ``benchmarks/trl_side_by_side.py`` (trains nothing): KL(q‖π*) against sequences, and the learning-rate sweep.
 
 Example (every figure in a few minutes on 2 CPU cores)::
 
@@ -42,7 +44,16 @@ from bayes_klrl.storage import write_json
 from bayes_klrl.sweep import add_executor_arguments, call_in_file, executor_from_args, make_executor
 
 #: the experiment scripts (files of this folder), in the report's order; each has NAME, Config, run, plot, main
-MODULES = ("learning_curves", "beta_sweep", "forward_reverse", "posterior", "khat", "mcmc_diagnostics", "recipes")
+MODULES = (
+    "learning_curves",
+    "beta_sweep",
+    "forward_reverse",
+    "posterior",
+    "khat",
+    "mcmc_diagnostics",
+    "recipes",
+    "trl_curves",
+)
 
 
 def experiments() -> dict[str, ModuleType]:

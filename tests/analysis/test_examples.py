@@ -49,6 +49,7 @@ TINY = {
         "--tasks", "bandit", "--betas", "0.5", "--max-steps", "300", "--num-sequences", "256",
         "--log-every", "20", "--frontier-points", "20",
     ],
+    "trl_curves": [],  # reads the shipped results of benchmarks/trl_side_by_side.py; trains nothing
 }  # fmt: skip
 #: scripts whose tiny run takes more than ~10 s on 2 idle CPU cores (marked slow): none, the longest takes ~4 s
 SLOW: set[str] = set()
@@ -60,6 +61,7 @@ FIGURES = {
     "khat": ["khat.png"],
     "mcmc_diagnostics": ["mcmc_diagnostics.png"],
     "recipes": ["recipes_kl.png", "recipes_frontier.png"],
+    "trl_curves": ["trl_curves.png"],
 }
 DATA = {
     "learning_curves": ["history.csv", "gradient_variance.csv", "summary.json"],
@@ -69,6 +71,7 @@ DATA = {
     "khat": ["khat.csv", "summary.json"],
     "mcmc_diagnostics": ["mcmc_gibbs.nc", "mcmc_imh.nc", "diagnostics.csv", "summary.json"],
     "recipes": ["fixed_points.csv", "closed_form.csv", "frontier.csv", "history.csv", "summary.json"],
+    "trl_curves": ["curves.csv", "summary.json"],
 }
 
 
