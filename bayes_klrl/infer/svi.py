@@ -62,9 +62,9 @@ from ..estimators import (
     KL_GRADIENTS,
     floor_infeasible,
     leave_one_out_baseline,
-    weighted_leave_one_out,
     per_token_kl,
     rao_blackwell_surrogate,
+    weighted_leave_one_out,
 )
 from ..lm import AutoregressiveLM
 from ..model import PLATE, PolicyGuide, SequenceDistribution, check_sites, model
@@ -323,6 +323,7 @@ class ReplayELBO(LeaveOneOutELBO):
         if len(latent) != 1:
             raise ValueError("ReplayELBO needs the guide's sequences as one sample site (sites='sequence')")
         name, x = latent[0]["name"], latent[0]["value"]
+        n = x.shape[0]
         log_q = [_sum_log_probs(guide_trace)]  # (N,), differentiable
         with torch.no_grad():
             log_joint = [_sum_log_probs(model_trace)]
@@ -338,13 +339,11 @@ class ReplayELBO(LeaveOneOutELBO):
             signal = floor_infeasible(log_joint - log_q.detach())
             weight, baseline = weighted_leave_one_out(self.gather(signal), self.gather(log_q.detach() - then))
             ranks = weight.shape[0] // signal.shape[0]  # weights sum to 1 over every rank's rows
-            advantage = self.shard(weight) * (signal - self.shard(baseline)) * (x.shape[0] * ranks)
+            advantage = self.shard(weight) * (signal - self.shard(baseline)) * (n * ranks)
         (-(advantage * log_q).sum()).backward()
         self.last_ess = float(1.0 / (weight.double() ** 2).sum())
-        self.kept.append((x.detach(), then[-x.shape[0] :], log_joint[-x.shape[0] :]))
-        n = x.shape[0]
+        self.kept.append((x.detach(), then[-n:], log_joint[-n:]))
         return -float((log_joint[-n:] - log_q[-n:].detach()).sum())
-
 
 
 def make_elbo(estimator: str, kl_gradient: str = "sampled", replay: int = 1) -> tuple[ELBO, dict | None]:

@@ -25,9 +25,7 @@ def _fill_from(trainer, behaviour, batches, num_sequences):
     with torch.no_grad():
         for _ in range(batches):
             x = behaviour.sample(num_sequences, task.length)
-            trainer.replay_buffer.append(
-                (x, behaviour.log_prob(x), task.prior.token_log_probs(x), task.rewards(x))
-            )
+            trainer.replay_buffer.append((x, behaviour.log_prob(x), task.prior.token_log_probs(x), task.rewards(x)))
 
 
 def _exact_gradient(task, policy):
