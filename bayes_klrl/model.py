@@ -33,6 +33,8 @@ Either way the prior is scored without a graph (``torch.no_grad``): the model ne
 
 from __future__ import annotations
 
+import functools
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -183,6 +185,16 @@ def _sample_sequences(
     return _sample_tokens(lm, length, num_sequences, sample_kwargs, differentiable=differentiable)
 
 
+@functools.lru_cache(maxsize=64)
+def sequences_plate(num_sequences: int) -> pyro.plate:
+    """The ``"sequences"`` plate of ``num_sequences`` independent sequences, built once per size and re-entered by
+    every call of :func:`model` and :class:`PolicyGuide` (a plate sends its subsample site when it is built; the
+    full plate's indices never change, and the traces would drop that site anyway). It is built under
+    ``poutine.block``, so whichever trace is running when it is first needed does not record that site."""
+    with pyro.poutine.block():
+        return pyro.plate(PLATE, num_sequences)
+
+
 def model(task: Task, num_sequences: int, *, sites: str = "tokens") -> torch.Tensor:
     r"""The prior :math:`\pi_0` over ``num_sequences`` independent sequences, then ``pyro.factor(r/β)``.
 
@@ -198,7 +210,7 @@ def model(task: Task, num_sequences: int, *, sites: str = "tokens") -> torch.Ten
         >>> pyro.poutine.trace(model).get_trace(task, 8, sites="sequence").nodes["x"]["value"].shape
         torch.Size([8, 6])
     """
-    with pyro.plate(PLATE, num_sequences):
+    with sequences_plate(num_sequences):
         sequences = _sample_sequences(task.prior, task.length, num_sequences, sites, differentiable=False)
         pyro.factor(REWARD_SITE, task.log_likelihood(sequences))
     return sequences
@@ -231,5 +243,5 @@ class PolicyGuide:
         pyro.module("policy", self.policy)
         kwargs = {"infer": dict(self.sample_infer)} if self.sample_infer else None
         layout = self.sites if sites is None else sites
-        with pyro.plate(PLATE, num_sequences):
+        with sequences_plate(num_sequences):
             return _sample_sequences(self.policy, task.length, num_sequences, layout, kwargs, differentiable=True)
