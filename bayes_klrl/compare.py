@@ -163,7 +163,10 @@ class CompareConfig:
         if self.chains < 1 or self.draws < 4 or self.warmup < 0:
             raise ValueError("chains must be >= 1, draws >= 4 and warmup >= 0")
         for method in self.methods:
-            METHODS[method].check(self)
+            try:
+                METHODS[method].check(self)
+            except ValueError as exc:  # say which method refuses (--replay with the default methods: grpo)
+                raise ValueError(f"{method}: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,8 @@ def weighted_leave_one_out(signal: torch.Tensor, log_weight: torch.Tensor) -> tu
     :math:`b_i = \sum_{j\ne i} w_j f_j / \sum_{j\ne i} w_j`, which does not depend on :math:`x_i`. With equal
     weights these are :math:`1/K` and :func:`leave_one_out_baseline`. Computed in float64 without the
     cancellation of :math:`1 - w_i` (the heaviest draw's baseline is rescaled by the second-heaviest weight);
-    :math:`K = 1` gives the baseline 0. Returns ``(weights, baseline)`` in the signal's dtype.
+    :math:`K = 1`, or a heaviest draw whose every other has log-weight :math:`-\infty`, gives that baseline 0.
+    Returns ``(weights, baseline)`` in the signal's dtype.
 
     Example::
 
@@ -79,8 +80,11 @@ def weighted_leave_one_out(signal: torch.Tensor, log_weight: torch.Tensor) -> tu
     u = torch.exp(lw - lw[top])  # u[top] = 1: every other draw's Σ_{j≠i} u_j >= 1, no cancellation
     baseline = ((u * f).sum() - u * f) / (u.sum() - u)
     others = torch.cat([lw[:top], lw[top + 1 :]])
-    v = torch.exp(others - others.max())
-    baseline[top] = (v * torch.cat([f[:top], f[top + 1 :]])).sum() / v.sum()
+    if torch.isfinite(others.max()):
+        v = torch.exp(others - others.max())
+        baseline[top] = (v * torch.cat([f[:top], f[top + 1 :]])).sum() / v.sum()
+    else:  # every other draw has weight 0: nothing to centre the heaviest one by
+        baseline[top] = 0.0
     return weights.to(signal.dtype), baseline.to(signal.dtype)
 
 

@@ -510,16 +510,16 @@ def fit(
                 f"checkpoint {ckpt_path} is at step {state['step']}, past this run's {steps} steps: "
                 f"resume with --steps {state['step']} or more"
             )
-        try:
-            trainer.load_state_dict(state["trainer"])
-        except (ValueError, RuntimeError, KeyError) as exc:
-            raise ValueError(f"checkpoint {ckpt_path} does not fit this run: {str(exc).splitlines()[0]}") from exc
         saved_ranks = len(state.get("rank_rngs") or [None])
-        if saved_ranks != trainer.world_size:
+        if saved_ranks != trainer.world_size:  # before the trainer's state, which may hold one part per rank
             raise ValueError(
                 f"checkpoint {ckpt_path} was written by {saved_ranks} data-parallel rank(s), this run has "
                 f"{trainer.world_size}: resume with as many"
             )
+        try:
+            trainer.load_state_dict(state["trainer"])
+        except (ValueError, RuntimeError, KeyError, IndexError) as exc:
+            raise ValueError(f"checkpoint {ckpt_path} does not fit this run: {str(exc).splitlines()[0]}") from exc
         rng = state["rng"] if not distributed else state["rank_rngs"][trainer.rank]
         torch.set_rng_state(rng)
         random.setstate(_restore_python_rng(state["python_rng"]))

@@ -103,3 +103,13 @@ def test_a_data_parallel_run_resumes_exactly(tmp_path, method):
         ],
     )
     assert torch.equal(ranks["straight"][0], ranks["resumed"][0])
+
+
+def test_a_checkpoint_of_another_world_size_is_refused_in_one_line(tmp_path):
+    """Checked before the trainer's state, which holds one part per rank (a replay buffer)."""
+    torch.set_num_threads(1)
+    ckpt = str(tmp_path / "ckpt")
+    _train("rl_replay", steps=3, identical=False, checkpoint_dir=ckpt)  # one process
+    resume = {"steps": 6, "identical": False, "checkpoint_dir": ckpt, "resume": True}
+    with pytest.raises(Exception, match="written by 1 data-parallel rank"):
+        _spawn(tmp_path, [("resumed", "rl_replay", resume)])

@@ -342,7 +342,7 @@ class ReplayELBO(LeaveOneOutELBO):
             advantage = self.shard(weight) * (signal - self.shard(baseline)) * (n * ranks)
         (-(advantage * log_q).sum()).backward()
         self.last_ess = float(1.0 / (weight.double() ** 2).sum())
-        self.kept.append((x.detach(), then[-n:], log_joint[-n:]))
+        self.kept.append((x.detach().clone(), then[-n:].clone(), log_joint[-n:].clone()))  # not views of M rows
         return -float((log_joint[-n:] - log_q[-n:].detach()).sum())
 
 
@@ -463,15 +463,18 @@ class SVITrainer(Trainer):
         """The base's state and, with ``replay``, the kept draws of every rank (so a resume is exact)."""
         state = super().state_dict()
         if self.replay > 1:
-            state["replay_kept"] = self.per_rank([list(entry) for entry in self.elbo.kept])
+            state["replay_kept"] = self.per_rank([[t.cpu() for t in entry] for entry in self.elbo.kept])
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         if self.replay > 1:
             self.elbo.kept.clear()
-            for entry in (state.get("replay_kept") or [[]] * self.world_size)[self.rank]:
-                self.elbo.kept.append(tuple(entry))
+            per_rank = state.get("replay_kept") or [[]] * self.world_size
+            if len(per_rank) != self.world_size:
+                raise ValueError(f"its replay draws are from {len(per_rank)} rank(s), this run has {self.world_size}")
+            for entry in per_rank[self.rank]:
+                self.elbo.kept.append(tuple(t.to(self.policy.device) for t in entry))
 
     @contextlib.contextmanager
     def _presampled(self):

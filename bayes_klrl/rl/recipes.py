@@ -26,7 +26,7 @@ and :math:`\log\pi_{0,it}`, a :class:`Recipe` chooses
   :math:`\nabla J` (lower variance only far from :math:`\pi^*`, see :mod:`bayes_klrl.infer.svi`). It needs ``kl_in="reward"``, ``kl_estimator="k1"``, ``advantage="loo"`` and
   one update per batch, and is refused otherwise (in the loss, or under a group-standardized advantage or a
   clipped reuse, it would not be the gradient of :math:`J`);
-- **replay** (``replay``, with the KL in the reward and the leave-one-out advantage): each step's gradient uses
+- **replay** (``replay``, with the k1 KL in the reward and the leave-one-out advantage): each step's gradient uses
   this batch and the ``replay - 1`` batches before it, every sequence rescored by the current policy and weighted
   by the self-normalized importance weight :math:`w_i \propto q(x_i)/q_{\text{behaviour}}(x_i)` (the policy
   that drew it), its signal recomputed under the current policy and centred by the weighted leave-one-out mean
@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -137,9 +138,7 @@ class Recipe:
             raise ValueError(f"clip must be in (0, 1), got {self.clip}")
         if self.kl_gradient == "analytic":
             self._check_analytic()
-        if isinstance(self.replay, bool) or not isinstance(self.replay, int | float) or self.replay != int(self.replay):
-            raise ValueError(f"replay must be a whole number of batches >= 1, got {self.replay!r}")
-        if self.replay < 1:
+        if isinstance(self.replay, bool) or not isinstance(self.replay, int) or self.replay < 1:
             raise ValueError(f"replay must be a whole number of batches >= 1, got {self.replay!r}")
         if self.replay > 1:
             self._check_replay()
@@ -165,6 +164,11 @@ class Recipe:
                 f"replay importance-weights the KL-in-reward signal of earlier batches and needs kl_in='reward', "
                 f"got kl_in={self.kl_in!r} (or set replay=1)"
             )
+        if self.kl_estimator != "k1":
+            raise ValueError(
+                f"replay estimates the gradient of J, which needs the k1 log-ratio in the reward (with "
+                f"{self.kl_estimator} its gradient is not zero at pi*); set kl_estimator='k1' or replay=1"
+            )
         if self.advantage != "loo":
             raise ValueError("replay centres each signal by the weighted leave-one-out mean; it needs advantage='loo'")
         if self.kl_gradient != "sampled":
@@ -187,8 +191,13 @@ class Recipe:
         """Whether a batch feeds more than one update (then the clipped ratio matters)."""
         return self.epochs * self.minibatches > 1
 
+    #: options added after checkpoints were first written, recorded only away from their default (so a checkpoint
+    #: written before an option existed still resumes, and a run that sets it is told apart)
+    RECORDED_WHEN_SET: ClassVar[dict] = {"replay": 1}
+
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The options as plain values (a run's recorded settings), less :attr:`RECORDED_WHEN_SET` at their default."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if self.RECORDED_WHEN_SET.get(k, object()) != v}
 
 
 #: the named recipes usable in ``compare --methods``

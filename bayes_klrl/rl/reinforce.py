@@ -78,8 +78,9 @@ class ReinforceTrainer(Trainer):
         self.recipe.check_batch(self.num_sequences)
         if self.world_size > 1 and self.recipe.kl_gradient == "analytic":
             raise ValueError("kl_gradient='analytic' does not run data-parallel yet; use the sampled KL under torchrun")
-        # the replayed batches, oldest first: (x, behaviour log q(x), per-token log π0, reward), this rank's rows
-        self.replay_buffer: collections.deque = collections.deque(maxlen=int(self.recipe.replay))
+        # the earlier batches each update reuses, oldest first: (x, behaviour log q(x), per-token log π0, reward),
+        # this rank's rows; the step's own batch joins after its update
+        self.replay_buffer: collections.deque = collections.deque(maxlen=self.recipe.replay - 1)
 
     @property
     def updates_per_step(self) -> int:
@@ -122,24 +123,26 @@ class ReinforceTrainer(Trainer):
         with log-weights :math:`\log q(x_i) - \log q_{\text{behaviour}}(x_i)`; over the gathered buffers of every
         rank under data parallelism."""
         task, beta, recipe = self.task, self.task.beta, self.recipe
+        n = x.shape[0]
         with torch.no_grad():
             token_log_prior = task.prior.token_log_probs(x)  # (N, T)
             r = task.rewards(x)  # (N,)
-        self.replay_buffer.append((x, None, token_log_prior, r))  # behaviour log q: filled from the pass below
-        xs, behaviour, log_prior, rewards = zip(*self.replay_buffer)
+        kept = list(self.replay_buffer)  # earlier batches; this one joins the buffer only once its update is taken
+        xs = [*(k[0] for k in kept), x]
         token_log_q = self.policy.token_log_probs(torch.cat(xs))  # (M, T), differentiable: one pass over all
         log_q = token_log_q.detach().sum(-1)
-        n = x.shape[0]
-        self.replay_buffer[-1] = (x, log_q[-n:].clone(), token_log_prior, r)  # this batch: drawn by this policy
         with torch.no_grad():
-            log_weight = log_q - torch.cat([*behaviour[:-1], log_q[-n:]])
-            signal = learning_signal(torch.cat(rewards), token_log_q, torch.cat(log_prior), beta, recipe)
+            log_weight = log_q - torch.cat([*(k[1] for k in kept), log_q[-n:]])  # this batch: drawn by this policy
+            rewards = torch.cat([*(k[3] for k in kept), r])
+            log_prior = torch.cat([*(k[2] for k in kept), token_log_prior])
+            signal = learning_signal(rewards, token_log_q, log_prior, beta, recipe)
             weight, baseline = weighted_leave_one_out(self.gather(signal), self.gather(log_weight))
             weight, advantage = self.shard(weight), signal - self.shard(baseline)
         per_sequence = -(weight * advantage) * token_log_q.sum(-1)
         if recipe.normalization == "sequence":
             per_sequence = per_sequence / x.shape[-1]
         self.update(per_sequence.sum() * self.world_size)  # weights sum to 1 over every rank: update averages
+        self.replay_buffer.append((x.clone(), log_q[-n:].clone(), token_log_prior, r))
         kl = log_q[-n:] - token_log_prior.sum(-1)
         all_weights = self.gather(weight)
         return {
@@ -154,15 +157,18 @@ class ReinforceTrainer(Trainer):
         checkpoint holds every rank's rows and a resume continues with the same weights)."""
         state = super().state_dict()
         if self.recipe.replay > 1:
-            state["replay_buffer"] = self.per_rank([list(entry) for entry in self.replay_buffer])
+            state["replay_buffer"] = self.per_rank([[t.cpu() for t in entry] for entry in self.replay_buffer])
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.replay_buffer.clear()
         per_rank = state.get("replay_buffer") or [[]] * self.world_size
+        if len(per_rank) != self.world_size:
+            raise ValueError(f"its replay batches are from {len(per_rank)} rank(s), this run has {self.world_size}")
+        device = self.policy.device
         for entry in per_rank[self.rank]:
-            self.replay_buffer.append(tuple(entry))
+            self.replay_buffer.append(tuple(t.to(device) for t in entry))
 
     def _analytic_kl_step(self, x: torch.Tensor) -> dict[str, float]:
         r"""One update with the exact per-token KL (``kl_gradient="analytic"``): the loss is

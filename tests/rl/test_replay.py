@@ -122,17 +122,54 @@ def test_replay_resumes_exactly(tmp_path, monkeypatch):
     [
         (dict(kl_in="loss", kl_estimator="k3"), "kl_in='loss'"),
         (dict(kl_in="none"), "kl_in='none'"),
+        (dict(kl_estimator="k3"), "kl_estimator='k1'"),
         (dict(advantage="group-std"), "advantage='loo'"),
         (dict(kl_gradient="analytic"), "kl_gradient='sampled'"),
         (dict(epochs=2), "epochs=1"),
         (dict(replay=0), "replay must be"),
         (dict(replay=2.5), "replay must be"),
+        (dict(replay=3.0), "replay must be"),
+        (dict(replay=float("inf")), "replay must be"),
         (dict(replay="4"), "replay must be"),
     ],
-    ids=["in-loss", "none", "group-std", "analytic", "epochs", "zero", "fraction", "text"],
+    ids=["in-loss", "none", "k3", "group-std", "analytic", "epochs", "zero", "fraction", "float", "inf", "text"],
 )
 def test_replay_is_refused_outside_rloo(options, message):
     options = {"replay": 3, **options}
     with pytest.raises(ValueError, match=message) as info:
         Recipe(**options)
     assert len(str(info.value).splitlines()) == 1
+
+
+def test_an_interrupted_replay_step_leaves_a_checkpoint_that_resumes(tmp_path, monkeypatch):
+    """Ctrl-C inside a step: the checkpoint holds only the batches of finished steps, and the run resumes."""
+    task = small_markov_task()
+    trainer = ReinforceTrainer(task, task.make_policy(), 32, lr=0.05, replay=4)
+    score, calls = trainer.policy.token_log_probs, []
+
+    def interrupting(x):
+        calls.append(1)
+        if len(calls) == 3:  # the third step's scoring pass
+            raise KeyboardInterrupt
+        return score(x)
+
+    monkeypatch.setattr(trainer.policy, "token_log_probs", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        fit(trainer, steps=6, seed=1, checkpoint_dir=tmp_path)
+    resumed = ReinforceTrainer(task, task.make_policy(), 32, lr=0.05, replay=4)
+    result = fit(resumed, steps=6, seed=1, checkpoint_dir=tmp_path, resume=True)
+    assert result.steps == 6 and len(resumed.replay_buffer) == 3
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["trainer"]["replay_buffer"]
+    assert len(saved) == 1 and all(len(entry) == 4 for entry in saved[0])
+
+
+def test_default_replay_is_not_recorded_so_older_checkpoints_resume():
+    from bayes_klrl.rl.recipes import PRESETS
+
+    assert "replay" not in PRESETS["rl"].as_dict()  # settings written before the option existed lack it
+    assert Recipe(replay=4).as_dict()["replay"] == 4
+
+
+def test_weighted_baseline_with_one_weighted_draw():
+    w, b = weighted_leave_one_out(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, -float("inf"), -float("inf")]))
+    assert w.tolist() == [1.0, 0.0, 0.0] and torch.isfinite(b).all() and float(b[0]) == 0.0
