@@ -46,6 +46,8 @@ class ReinforceTrainer(Trainer):
         (self-normalized), their signals recomputed and centred by the weighted leave-one-out mean: a consistent
         estimate of :math:`\nabla J` from ``replay`` times the sequences, with the same fixed point :math:`\pi^*`.
         The weights' effective sample size is reported as ``replay_ess``; the batches kept are in checkpoints.
+        Each step scores all ``replay × num_sequences`` sequences in one differentiable pass: on a large LM its
+        activation memory grows with ``replay``.
     :param options: the other fields of :class:`~bayes_klrl.rl.recipes.Recipe` (``kl_estimator``,
         ``kl_ratio_correction``, ``advantage``, ``group_size``, ``normalization``, ``epochs``, ``minibatches``,
         ``clip``, ``kl_gradient``) and of :class:`~bayes_klrl.training.OptimizerSettings` (``optimizer``, ``weight_decay``,
