@@ -88,6 +88,26 @@ def weighted_leave_one_out(signal: torch.Tensor, log_weight: torch.Tensor) -> tu
     return weights.to(signal.dtype), baseline.to(signal.dtype)
 
 
+def check_replay(replay, minimum: int = 1) -> int:
+    """``replay`` (batches each gradient uses) if it is a whole number ``>= minimum``, else a one-line ValueError."""
+    if isinstance(replay, bool) or not isinstance(replay, int) or replay < minimum:
+        raise ValueError(f"replay must be a whole number of batches >= {minimum}, got {replay!r}")
+    return replay
+
+
+def replay_advantages(signal: torch.Tensor, log_weight: torch.Tensor, gather=None, shard=None):
+    r"""What a replayed gradient needs from this process's signals and log-weights ``(M,)``: its rows' weights and
+    advantages :math:`f_i - b_i` (:func:`weighted_leave_one_out` over the whole batch) and the weights' effective
+    sample size :math:`1/\sum_i w_i^2` over every row. Under data parallelism ``gather`` joins every rank's rows and
+    ``shard`` takes this rank's back (both identity by default). Returns ``(weight, advantage, ess, rows)``,
+    ``rows`` the number of rows the weights sum to 1 over (every rank's)."""
+    gather = gather or (lambda values: values)
+    shard = shard or (lambda values: values)
+    weight, baseline = weighted_leave_one_out(gather(signal), gather(log_weight))
+    ess = float(1.0 / (weight.double() ** 2).sum())
+    return shard(weight), signal - shard(baseline), ess, weight.shape[0]
+
+
 def floor_infeasible(signal: torch.Tensor, margin: float = INFEASIBLE_MARGIN, dim: int = 0) -> torch.Tensor:
     r"""Replace −inf signals (hard-constraint violations) by the batch's worst finite signal minus ``margin``.
 

@@ -60,11 +60,12 @@ from pyro.poutine.util import site_is_subsample
 
 from ..estimators import (
     KL_GRADIENTS,
+    check_replay,
     floor_infeasible,
     leave_one_out_baseline,
     per_token_kl,
     rao_blackwell_surrogate,
-    weighted_leave_one_out,
+    replay_advantages,
 )
 from ..lm import AutoregressiveLM
 from ..model import PLATE, PolicyGuide, SequenceDistribution, check_sites, model
@@ -309,8 +310,7 @@ class ReplayELBO(LeaveOneOutELBO):
     """
 
     def __init__(self, replay: int):
-        if isinstance(replay, bool) or not isinstance(replay, int) or replay < 2:
-            raise ValueError(f"ReplayELBO needs replay >= 2 (a whole number of calls), got {replay!r}")
+        check_replay(replay, minimum=2)
         super().__init__("sampled")
         self.replay = replay
         #: per earlier call: (sequences, log q at that call, log p(x, y)), oldest first
@@ -337,11 +337,12 @@ class ReplayELBO(LeaveOneOutELBO):
         log_q, then, log_joint = torch.cat(log_q), torch.cat(then), torch.cat(log_joint)
         with torch.no_grad():
             signal = floor_infeasible(log_joint - log_q.detach())
-            weight, baseline = weighted_leave_one_out(self.gather(signal), self.gather(log_q.detach() - then))
-            ranks = weight.shape[0] // signal.shape[0]  # weights sum to 1 over every rank's rows
-            advantage = self.shard(weight) * (signal - self.shard(baseline)) * (n * ranks)
+            weight, advantage, self.last_ess, rows = replay_advantages(
+                signal, log_q.detach() - then, self.gather, self.shard
+            )
+            ranks = rows // signal.shape[0]  # the weights sum to 1 over every rank's rows: update() averages
+            advantage = weight * advantage * (n * ranks)
         (-(advantage * log_q).sum()).backward()
-        self.last_ess = float(1.0 / (weight.double() ** 2).sum())
         self.kept.append((x.detach().clone(), then[-n:].clone(), log_joint[-n:].clone()))  # not views of M rows
         return -float((log_joint[-n:] - log_q[-n:].detach()).sum())
 
@@ -356,9 +357,7 @@ def make_elbo(estimator: str, kl_gradient: str = "sampled", replay: int = 1) -> 
         raise ValueError(f"unknown kl_gradient {kl_gradient!r}; choose one of {', '.join(KL_GRADIENTS)}")
     if kl_gradient != "sampled" and estimator != "loo":
         raise ValueError(f"kl_gradient={kl_gradient!r} is an option of the 'loo' estimator, not of {estimator!r}")
-    if isinstance(replay, bool) or not isinstance(replay, int) or replay < 1:
-        raise ValueError(f"replay must be a whole number of batches >= 1, got {replay!r}")
-    if replay > 1 and (estimator != "loo" or kl_gradient != "sampled"):
+    if check_replay(replay) > 1 and (estimator != "loo" or kl_gradient != "sampled"):
         raise ValueError(
             f"replay is an option of the 'loo' estimator with the sampled KL gradient, not of estimator={estimator!r}, "
             f"kl_gradient={kl_gradient!r}"

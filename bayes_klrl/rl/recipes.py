@@ -62,7 +62,7 @@ from typing import ClassVar
 
 import torch
 
-from ..estimators import KL_GRADIENTS, floor_infeasible, leave_one_out_baseline
+from ..estimators import KL_GRADIENTS, check_replay, floor_infeasible, leave_one_out_baseline
 from .kl import KL_ESTIMATORS, kl_per_token
 
 __all__ = [
@@ -138,9 +138,7 @@ class Recipe:
             raise ValueError(f"clip must be in (0, 1), got {self.clip}")
         if self.kl_gradient == "analytic":
             self._check_analytic()
-        if isinstance(self.replay, bool) or not isinstance(self.replay, int) or self.replay < 1:
-            raise ValueError(f"replay must be a whole number of batches >= 1, got {self.replay!r}")
-        if self.replay > 1:
+        if check_replay(self.replay) > 1:
             self._check_replay()
 
     def _check_analytic(self) -> None:

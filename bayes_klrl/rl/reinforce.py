@@ -18,7 +18,7 @@ import dataclasses
 
 import torch
 
-from ..estimators import per_token_kl, rao_blackwell_surrogate, weighted_leave_one_out
+from ..estimators import per_token_kl, rao_blackwell_surrogate, replay_advantages
 from ..lm import AutoregressiveLM
 from ..task import Task
 from ..training import Trainer
@@ -138,20 +138,18 @@ class ReinforceTrainer(Trainer):
             rewards = torch.cat([*(k[3] for k in kept), r])
             log_prior = torch.cat([*(k[2] for k in kept), token_log_prior])
             signal = learning_signal(rewards, token_log_q, log_prior, beta, recipe)
-            weight, baseline = weighted_leave_one_out(self.gather(signal), self.gather(log_weight))
-            weight, advantage = self.shard(weight), signal - self.shard(baseline)
+            weight, advantage, ess, _ = replay_advantages(signal, log_weight, self.gather, self.shard)
         per_sequence = -(weight * advantage) * token_log_q.sum(-1)
         if recipe.normalization == "sequence":
             per_sequence = per_sequence / x.shape[-1]
         self.update(per_sequence.sum() * self.world_size)  # weights sum to 1 over every rank: update averages
         self.replay_buffer.append((x.clone(), log_q[-n:].clone(), token_log_prior, r))
         kl = log_q[-n:] - token_log_prior.sum(-1)
-        all_weights = self.gather(weight)
         return {
             "objective_estimate": float((r - beta * kl).mean()),
             "reward_mean": float(r.mean()),
             "kl_estimate": float(kl.mean()),
-            "replay_ess": float(1.0 / (all_weights.double() ** 2).sum()),
+            "replay_ess": ess,
         }
 
     def state_dict(self) -> dict:
