@@ -415,11 +415,23 @@ def _interleaved_step_times(
 
 
 def bench_svi_overhead(
-    task, *, num_sequences: int, steps: int, repeats: int, warmup: int = 3, lr: float = 0.02, seed: int = 0
+    task,
+    *,
+    num_sequences: int,
+    steps: int,
+    repeats: int,
+    warmup: int = 3,
+    lr: float = 0.02,
+    seed: int = 0,
+    policy_kind: str = "auto",
+    key: str = "svi_step_over_plain_torch_step",
+    label: str = "SVI step / REINFORCE step",
+    details: dict | None = None,
 ) -> SideBySide:
     r"""Median wall time of one ``SVITrainer`` step (leave-one-out ELBO) over one ``ReinforceTrainer`` step,
-    both on ``task.make_policy()`` and ``num_sequences`` sequences, the steps interleaved (their order
+    both on ``task.make_policy(policy_kind)`` and ``num_sequences`` sequences, the steps interleaved (their order
     alternating); ``steps × repeats`` timings per side. ``ratio`` = :math:`\tilde t_\text{SVI} / \tilde t_\text{RL}`.
+    ``key``, ``label`` and ``details`` (default: the task, the policy class and the batch) name the figure.
 
     Example::
 
@@ -436,17 +448,19 @@ def bench_svi_overhead(
         warmup=warmup,
         lr=lr,
         seed=seed,
+        policy_kind=policy_kind,
         estimator="loo",
     )
+    if details is None:
+        details = {"task": task.name, "policy": type(task.make_policy(policy_kind)).__name__}
     return SideBySide.from_samples(
-        "svi_step_over_plain_torch_step",
-        f"SVI step / REINFORCE step, N={num_sequences}",
+        key,
+        f"{label}, N={num_sequences}",
         "s/step",
         svi_times,
         rl_times,
         {
-            "task": task.name,
-            "policy": type(task.make_policy()).__name__,
+            **details,
             "num_sequences": num_sequences,
             "ours": "SVITrainer(estimator='loo').step()",
             "baseline": "ReinforceTrainer.step() (RLOO)",
@@ -504,10 +518,8 @@ def bench_svi_overhead_hf(
         True
     """
     task = tiny_gpt2_task(length=length, seed=seed)
-    svi_times, rl_times = _interleaved_step_times(
+    return bench_svi_overhead(
         task,
-        "svi",
-        "rl",
         num_sequences=num_sequences,
         steps=steps,
         repeats=repeats,
@@ -515,21 +527,12 @@ def bench_svi_overhead_hf(
         lr=lr,
         seed=seed,
         policy_kind="full",
-        estimator="loo",
-    )
-    return SideBySide.from_samples(
-        "svi_step_over_rl_step_hf",
-        f"SVI step / REINFORCE step, tiny GPT-2, N={num_sequences}",
-        "s/step",
-        svi_times,
-        rl_times,
-        {
+        key="svi_step_over_rl_step_hf",
+        label="SVI step / REINFORCE step, tiny GPT-2",
+        details={
             "task": task.name,
             "model": "GPT2LMHeadModel(n_layer=2, n_embd=32, n_head=2, vocab_size=9), full fine-tuning",
             "length": length,
-            "num_sequences": num_sequences,
-            "ours": "SVITrainer(estimator='loo').step()",
-            "baseline": "ReinforceTrainer.step() (RLOO)",
         },
     )
 
