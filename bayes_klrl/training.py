@@ -292,6 +292,20 @@ class Trainer(ABC):
         torch.distributed.all_gather_object(every, value)
         return every
 
+    def kept_state(self, kept) -> list:
+        """Kept replay entries (tuples of tensors) as a checkpoint value: on CPU, one list per rank
+        (:meth:`per_rank`, a collective)."""
+        return self.per_rank([[t.cpu() for t in entry] for entry in kept])
+
+    def restore_kept(self, saved, kept) -> None:
+        """Refill the deque ``kept`` with this rank's entries of a :meth:`kept_state` value (``None``: none), on the
+        policy's device; a value from another number of ranks is refused."""
+        per_rank = saved or [[]] * self.world_size
+        if len(per_rank) != self.world_size:
+            raise ValueError(f"its replay batches are from {len(per_rank)} rank(s), this run has {self.world_size}")
+        kept.clear()
+        kept.extend(tuple(t.to(self.policy.device) for t in entry) for entry in per_rank[self.rank])
+
     def reduce_stats(self, stats: dict) -> dict:
         """Float statistics averaged over the ranks (each is a mean over its equal share), so every rank logs
         and stops alike."""

@@ -462,18 +462,13 @@ class SVITrainer(Trainer):
         """The base's state and, with ``replay``, the kept draws of every rank (so a resume is exact)."""
         state = super().state_dict()
         if self.replay > 1:
-            state["replay_kept"] = self.per_rank([[t.cpu() for t in entry] for entry in self.elbo.kept])
+            state["replay_buffer"] = self.kept_state(self.elbo.kept)
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         if self.replay > 1:
-            self.elbo.kept.clear()
-            per_rank = state.get("replay_kept") or [[]] * self.world_size
-            if len(per_rank) != self.world_size:
-                raise ValueError(f"its replay draws are from {len(per_rank)} rank(s), this run has {self.world_size}")
-            for entry in per_rank[self.rank]:
-                self.elbo.kept.append(tuple(t.to(self.policy.device) for t in entry))
+            self.restore_kept(state.get("replay_buffer"), self.elbo.kept)
 
     @contextlib.contextmanager
     def _presampled(self):

@@ -157,18 +157,12 @@ class ReinforceTrainer(Trainer):
         checkpoint holds every rank's rows and a resume continues with the same weights)."""
         state = super().state_dict()
         if self.recipe.replay > 1:
-            state["replay_buffer"] = self.per_rank([[t.cpu() for t in entry] for entry in self.replay_buffer])
+            state["replay_buffer"] = self.kept_state(self.replay_buffer)
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.replay_buffer.clear()
-        per_rank = state.get("replay_buffer") or [[]] * self.world_size
-        if len(per_rank) != self.world_size:
-            raise ValueError(f"its replay batches are from {len(per_rank)} rank(s), this run has {self.world_size}")
-        device = self.policy.device
-        for entry in per_rank[self.rank]:
-            self.replay_buffer.append(tuple(t.to(device) for t in entry))
+        self.restore_kept(state.get("replay_buffer"), self.replay_buffer)
 
     def _analytic_kl_step(self, x: torch.Tensor) -> dict[str, float]:
         r"""One update with the exact per-token KL (``kl_gradient="analytic"``): the loss is

@@ -7,6 +7,7 @@ import torch
 from bayes_klrl import exact_elbo, fit
 from bayes_klrl.estimators import leave_one_out_baseline, weighted_leave_one_out
 from bayes_klrl.exact import posterior_policy
+from bayes_klrl.infer.svi import SVITrainer
 from bayes_klrl.rl import ReinforceTrainer
 from bayes_klrl.rl.recipes import Recipe
 
@@ -102,17 +103,18 @@ def test_weighted_leave_one_out_matches_its_definition():
     assert float(w[0]) == 1.0
 
 
-def test_replay_resumes_exactly(tmp_path, monkeypatch):
+@pytest.mark.parametrize("trainer", [ReinforceTrainer, SVITrainer], ids=["rl", "svi"])
+def test_replay_resumes_exactly(tmp_path, monkeypatch, trainer):
     task = small_markov_task()
-    make = lambda: ReinforceTrainer(task, task.make_policy(), 32, lr=0.05, replay=4)  # noqa: E731
+    make = lambda: trainer(task, task.make_policy(), 32, lr=0.05, replay=4)  # noqa: E731
     whole = fit(make(), steps=8, seed=6).policy
     for name in "ab":
         fit(make(), steps=5, seed=6, checkpoint_dir=tmp_path / name)
     resumed = fit(make(), steps=8, seed=6, checkpoint_dir=tmp_path / "a", resume=True).policy
     assert torch.equal(whole.logits, resumed.logits)
     # a resume that lost the kept batches would not match: the check can fail
-    load = ReinforceTrainer.load_state_dict
-    monkeypatch.setattr(ReinforceTrainer, "load_state_dict", lambda self, s: load(self, {**s, "replay_buffer": [[]]}))
+    load = trainer.load_state_dict
+    monkeypatch.setattr(trainer, "load_state_dict", lambda self, s: load(self, {**s, "replay_buffer": [[]]}))
     forgetful = fit(make(), steps=8, seed=6, checkpoint_dir=tmp_path / "b", resume=True).policy
     assert not torch.equal(whole.logits, forgetful.logits)
 
