@@ -468,6 +468,19 @@ def bench_svi_overhead(
     )
 
 
+def _measure_optional(results: dict, key: str, status_key: str, available, measure) -> None:
+    """A figure that needs an optional extra: ``results[status_key]`` says whether it was measured (``available()``
+    gives ``(bool, status)``), ``results[key]`` holds ``measure()``; an extra that is installed but broken is
+    reported in one line and does not cost the figures measured so far."""
+    ok, results[status_key] = available()
+    if not ok:
+        return
+    try:
+        results[key] = measure()
+    except Exception as exc:
+        results[status_key] = f"failed: {type(exc).__name__}: {exc}".splitlines()[0]
+
+
 def transformers_available() -> tuple[bool, str]:
     """Whether ``transformers`` is importable (the tiny GPT-2 needs nothing else), and why not."""
     if importlib.util.find_spec("transformers") is None:
@@ -807,21 +820,21 @@ def run_bench(config: BenchConfig | None = None, *, quick: bool = False, progres
                 seed=config.seed,
             )
         elif stage == "svi hf":
-            available, status = transformers_available()
-            results["svi_hf_status"] = status
-            if available:
-                try:  # an extra that is installed but broken must not cost the figures measured so far
-                    results["svi_overhead_hf"] = bench_svi_overhead_hf(
-                        num_sequences=config.gpt2_num_sequences,
-                        length=config.gpt2_length,
-                        steps=config.gpt2_steps,
-                        warmup=config.svi_warmup,
-                        repeats=config.repeats,
-                        lr=config.lr,
-                        seed=config.seed,
-                    )
-                except Exception as exc:
-                    results["svi_hf_status"] = f"failed: {type(exc).__name__}: {exc}".splitlines()[0]
+            _measure_optional(
+                results,
+                "svi_overhead_hf",
+                "svi_hf_status",
+                transformers_available,
+                lambda: bench_svi_overhead_hf(
+                    num_sequences=config.gpt2_num_sequences,
+                    length=config.gpt2_length,
+                    steps=config.gpt2_steps,
+                    warmup=config.svi_warmup,
+                    repeats=config.repeats,
+                    lr=config.lr,
+                    seed=config.seed,
+                ),
+            )
         elif stage == "grpo":
             results["grpo_overhead"] = bench_grpo_overhead(
                 markov,
@@ -864,18 +877,18 @@ def run_bench(config: BenchConfig | None = None, *, quick: bool = False, progres
                 )
             )
         elif stage == "hf":
-            available, status = hf_available()
-            results["hf_status"] = status
-            if available:
-                try:  # an extra that is installed but broken must not cost the figures measured so far
-                    results["hf"] = bench_hf_sampling(
-                        num_sequences=config.hf_num_sequences,
-                        tokens=config.hf_tokens,
-                        repeats=config.hf_repeats,
-                        seed=config.seed,
-                    )
-                except Exception as exc:
-                    results["hf_status"] = f"failed: {type(exc).__name__}: {exc}".splitlines()[0]
+            _measure_optional(
+                results,
+                "hf",
+                "hf_status",
+                hf_available,
+                lambda: bench_hf_sampling(
+                    num_sequences=config.hf_num_sequences,
+                    tokens=config.hf_tokens,
+                    repeats=config.hf_repeats,
+                    seed=config.seed,
+                ),
+            )
     bar.close()
     return BenchReport(
         quick=quick,
