@@ -532,7 +532,7 @@ def fit(
             )
         try:
             trainer.load_state_dict(state["trainer"])
-        except (ValueError, RuntimeError, KeyError, IndexError) as exc:
+        except (ValueError, RuntimeError, KeyError) as exc:
             raise ValueError(f"checkpoint {ckpt_path} does not fit this run: {str(exc).splitlines()[0]}") from exc
         rng = state["rng"] if not distributed else state["rank_rngs"][trainer.rank]
         torch.set_rng_state(rng)
