@@ -504,6 +504,12 @@ def _reinforce(task, policy, num_sequences, **kwargs):
     return ReinforceTrainer(task, policy, num_sequences, **kwargs)
 
 
+def _check_svi(num_sequences: int, **options) -> None:
+    from .infer.svi import check_options
+
+    check_options(**options)
+
+
 def _check_recipe(num_sequences: int, **options) -> None:
     from .rl.recipes import Recipe
 
@@ -564,6 +570,7 @@ register(
         "stochastic variational inference, the policy as guide",
         _svi,
         ("estimator", "kl_gradient", "sites", "replay"),
+        validate=_check_svi,
     )
 )
 register(_recipe("rl", "REINFORCE (RLOO)", "REINFORCE, k1 KL in the reward, leave-one-out baseline (RLOO)"))

@@ -402,6 +402,29 @@ def test_bad_settings_fail_before_any_method_runs(user_model, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--replay", "4", "--estimator", "trace"], "svi: replay is an option of the 'loo' estimator"),
+        (["--replay", "4", "--sites", "tokens"], "svi: replay rescores earlier draws"),
+        (["--kl-gradient", "analytic", "--estimator", "trace"], "svi: kl_gradient='analytic' is an option"),
+    ],
+    ids=["replay-trace", "replay-tokens", "analytic-trace"],
+)
+def test_svi_options_that_do_not_go_together_fail_before_any_method_runs(
+    options, message, user_model, tmp_path, capsys, monkeypatch
+):
+    import bayes_klrl.compare
+
+    ran = []
+    monkeypatch.setattr(bayes_klrl.compare, "run_compare", lambda *a, **k: ran.append(1))
+    out = tmp_path / "o"
+    assert main(["compare", str(user_model), "--methods", "exact,is,svi", *options, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not ran  # refused with the settings, before exact and IS run
+
+
+@pytest.mark.parametrize(
     "argv", [["report", "--quick", "--out"], ["bench", "--quick", "--json"]], ids=["report", "bench"]
 )
 def test_report_and_bench_check_their_output_before_running(argv, tmp_path, capsys):

@@ -82,7 +82,9 @@ __all__ = [
     "SVITrainer",
     "gradient_samples",
     "gradient_variance",
+    "check_options",
     "make_elbo",
+    "resolve_sites",
     "sequence_log_weights",
 ]
 
@@ -371,6 +373,23 @@ def make_elbo(estimator: str, kl_gradient: str = "sampled", replay: int = 1) -> 
     raise ValueError(f"unknown SVI estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
 
 
+def resolve_sites(estimator: str, sites: str | None = None, replay: int = 1) -> str:
+    """The site layout SVI runs on: ``sites``, or the estimator's :data:`DEFAULT_SITES` when ``None``; replay needs
+    the sequence layout (a one-line ValueError otherwise)."""
+    layout = check_sites(DEFAULT_SITES.get(estimator, "tokens") if sites is None else sites)
+    if replay > 1 and layout != "sequence":
+        raise ValueError("replay rescores earlier draws through the one sequence-level site; use sites='sequence'")
+    return layout
+
+
+def check_options(estimator: str = "loo", kl_gradient: str | None = None, sites: str | None = None, replay=None):
+    """Refuse SVI options that do not go together, in one line, before anything runs (what :class:`SVITrainer`
+    would refuse when built); ``None`` means the default."""
+    replay = 1 if replay is None else replay
+    make_elbo(estimator, kl_gradient or "sampled", replay)
+    resolve_sites(estimator, sites, replay)
+
+
 class SVITrainer(Trainer):
     r"""SVI on :func:`~bayes_klrl.model.model` with :class:`~bayes_klrl.model.PolicyGuide`: Pyro's ELBO computes the
     gradient, the trainer's optimizer (:class:`~bayes_klrl.training.OptimizerSettings`, the same as every RL
@@ -426,9 +445,7 @@ class SVITrainer(Trainer):
         pyro.clear_param_store()
         self.estimator = estimator
         self.kl_gradient = kl_gradient
-        self.sites = check_sites(DEFAULT_SITES.get(estimator, "tokens") if sites is None else sites)
-        if replay > 1 and self.sites != "sequence":
-            raise ValueError("replay rescores earlier draws through the one sequence-level site; use sites='sequence'")
+        self.sites = resolve_sites(estimator, sites, replay)
         self.replay = replay
         self.elbo = elbo
         self.model = functools.partial(model, sites=self.sites)
@@ -532,7 +549,7 @@ def gradient_samples(
         True
     """
     elbo, infer = make_elbo(estimator, kl_gradient)
-    sites = check_sites(DEFAULT_SITES.get(estimator, "tokens") if sites is None else sites)
+    sites = resolve_sites(estimator, sites)
     guide = PolicyGuide(policy, infer, sites=sites)
     model_ = functools.partial(model, sites=sites)
     params = [p for p in policy.parameters() if p.requires_grad]
