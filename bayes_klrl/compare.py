@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import check_choices, option
+from .config import check_choices, option, with_fields
 from .exact import ExactPosterior, exact_posterior
 from .methods import METHODS, OPTIMIZER_OPTIONS, MethodResult, Row, RunContext, trained_methods
 from .storage import write_csv, write_json
@@ -47,18 +47,6 @@ def _estimators() -> tuple[str, ...]:
     return tuple(ESTIMATORS)
 
 
-def _recipe_choices(name: str) -> tuple[str, ...]:
-    from .rl import recipes
-
-    return getattr(recipes, name)
-
-
-def _kl_gradients() -> tuple[str, ...]:
-    from .estimators import KL_GRADIENTS
-
-    return KL_GRADIENTS
-
-
 def _model_choices(name: str) -> tuple[str, ...]:
     from . import model
 
@@ -77,13 +65,14 @@ def _training_choices(name: str) -> tuple[str, ...]:
     return getattr(training, name)
 
 
-def _kl_estimators() -> tuple[str, ...]:
-    from .rl import KL_ESTIMATORS
+def _recipe_flags() -> dict:
+    from .rl.recipes import recipe_flags
 
-    return KL_ESTIMATORS
+    return recipe_flags()
 
 
 @dataclass(frozen=True)
+@with_fields(_recipe_flags, after="kl_target")  # the recipe options: generated from rl.recipes.Recipe's fields
 class CompareConfig:
     """Settings of a comparison; each field's help is the ``compare`` command line's help."""
 
@@ -103,28 +92,9 @@ class CompareConfig:
                          "lora (Hugging Face priors), auto (lora for Hugging Face priors, else tabular when it fits, "
                          "else full); copy = full", choices=_policy_kinds)  # fmt: skip
     estimator: str = option("loo", "SVI gradient estimator", choices=_estimators)
-    kl_gradient: str | None = option(
-        None, "svi and the KL-in-reward recipes: the KL term's gradient from the sampled log-ratio or the exact "
-        "per-token KL over the vocabulary (analytic, Rao-Blackwellized; none: sampled)", choices=_kl_gradients)  # fmt: skip
     sites: str | None = option(None, "SVI's sample sites: one sequence-level site scored in one pass, or one per "
                                "token (none: the estimator's own)", choices=lambda: _model_choices("SITES"))  # fmt: skip
-    kl_estimator: str | None = option(
-        None, "per-token KL estimator (none: each method's own, k1 for rl and ppo, k3 for the GRPO recipes)",
-        choices=_kl_estimators)  # fmt: skip
     kl_target: float | None = option(None, "PPO adaptive-KL target in nats (none: beta stays fixed)")
-    kl_in: str | None = option(None, "recipes: the KL in the reward, in the loss, or none (none: the method's own)",
-                               choices=lambda: _recipe_choices("KL_PLACES"))  # fmt: skip
-    kl_ratio_correction: bool | None = option(None, "recipes: multiply an in-loss KL term by q/q_old")
-    advantage: str | None = option(None, "recipes: leave-one-out, group-centred or group-standardized advantage",
-                                   choices=lambda: _recipe_choices("ADVANTAGES"))  # fmt: skip
-    group_size: int | None = option(None, "recipes: sequences per group of a group advantage (GRPO presets: 16)")
-    normalization: str | None = option(None, "recipes: per-sequence 1/|x| or constant normalization of the loss",
-                                       choices=lambda: _recipe_choices("NORMALIZATIONS"))  # fmt: skip
-    epochs: int | None = option(None, "recipes and ppo: passes over each batch (clipped ratio when > 1)")
-    minibatches: int | None = option(None, "recipes and ppo: minibatches per pass")
-    clip: float | None = option(None, "recipes and ppo: clip range epsilon of the importance ratio")
-    replay: int | None = option(None, "svi and the KL-in-reward recipes: batches each gradient uses, this one "
-                                "included, importance-weighted by q/q_old (none: 1, on-policy)")  # fmt: skip
     log_every: int = option(50, "steps between logged points of the learning curves")
     eval_samples: int = option(1024, "Monte Carlo samples scoring each policy (importance sampling, k-hat)")
     max_enumeration: int = option(DEFAULT_MAX_ENUMERATION, "largest V^T enumerated exactly")
