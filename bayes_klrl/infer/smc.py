@@ -158,6 +158,7 @@ def smc(
     resampling: str = "systematic",
     reference: torch.Tensor | None = None,
     seed: int | None = None,
+    max_batch_elements: int = 2**25,
 ) -> SMCResult:
     r"""Run ``num_runs`` independent (twisted) SMC samplers of ``num_particles`` particles on the task's posterior.
 
@@ -172,6 +173,8 @@ def smc(
     :param str resampling: ``systematic`` or ``multinomial`` (conditional runs always resample multinomially).
     :param reference: LongTensor ``(K, T)``, one exact posterior draw per run: conditional SMC (an upper bound).
     :param seed: seeds the draws; ``None`` uses torch's global random stream.
+    :param int max_batch_elements: the runs move in batches of at most this many particle × vocabulary entries
+        (at least one run per batch), which bounds the memory of the float64 ``(rows, V)`` weights.
 
     Example::
 
@@ -190,15 +193,57 @@ def smc(
         raise ValueError(f"the twist has vocab_size {twist.vocab_size}; the task has {task.vocab_size}")
     if proposal is not None and proposal.vocab_size != task.vocab_size:
         raise ValueError(f"the proposal has vocab_size {proposal.vocab_size}; the task has {task.vocab_size}")
-    prior, length, beta = task.prior, task.length, task.beta
-    device = prior.device
+    length = task.length
+    device = task.prior.device
     conditional = reference is not None
     if conditional:
         if reference.dtype != torch.long or tuple(reference.shape) != (k, length):
             raise ValueError(f"reference must be a LongTensor of shape ({k}, {length}): one exact draw per run")
         reference = reference.to(device)
     generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
+    runs_per_batch = max(1, max_batch_elements // (n * task.vocab_size))
+    if k > runs_per_batch:  # the runs are independent: move them in batches that fit
+        parts = []
+        for start in range(0, k, runs_per_batch):
+            stop = min(k, start + runs_per_batch)
+            parts.append(
+                _run(task, n, stop - start, twist, proposal, resample_threshold, resampling,
+                     None if reference is None else reference[start:stop], generator)
+            )  # fmt: skip
+        return _concatenate(parts)
+    return _run(task, n, k, twist, proposal, resample_threshold, resampling, reference, generator)
 
+
+def _concatenate(parts: list[SMCResult]) -> SMCResult:
+    """Batches of runs as one result (runs along dim 0)."""
+
+    def cat(name):
+        values = [getattr(p, name) for p in parts]
+        return None if any(v is None for v in values) else torch.cat(values)
+
+    names = (
+        "log_z",
+        "tokens",
+        "log_weights",
+        "log_prior",
+        "reward",
+        "ess",
+        "resampling_steps",
+        "increments",
+        "terminal",
+    )
+    return SMCResult(
+        **{name: cat(name) for name in names},
+        conditional=parts[0].conditional,
+        reward_evaluations=sum(p.reward_evaluations for p in parts),
+    )
+
+
+def _run(task, n, k, twist, proposal, resample_threshold, resampling, reference, generator) -> SMCResult:
+    """One batch of ``k`` runs of ``n`` particles (:func:`smc`)."""
+    prior, length, beta = task.prior, task.length, task.beta
+    device = prior.device
+    conditional = reference is not None
     b = k * n
     ref_rows = torch.arange(k, device=device) * n  # particle 0 of each run
     prior_logits, prior_state = prior.start(b)
