@@ -35,6 +35,19 @@ k2). Setting the sum to zero:
   self-consistently; when :math:`\beta` is below a threshold no such interior point exists and the policy
   collapses onto :math:`\arg\max r`.
 
+**The options added to the k1-in-reward recipe**, over arms or the whole sequences of an enumerable task (a
+tabular policy reaches any distribution over them):
+
+- an entropy bonus :math:`\alpha` (sequence estimator): :math:`q \propto \pi_0^{\beta/(\beta+\alpha)}e^{r/(\beta+\alpha)}`
+  (:func:`entropy_fixed_point`); the per-token estimator ascends :func:`per_token_entropy` (prefix weights fixed),
+  the same at :math:`T = 1` only;
+- :math:`r` standardized before the KL is added: :math:`q = \pi^*_{\beta s}`, :math:`s = \sigma_q(r) + \epsilon`,
+  self-consistent at every :math:`T` (:func:`standardized_reward_fixed_point`);
+- :math:`k` phases separated by reference resets: :math:`\pi_0 e^{k r/\beta}` (:func:`reference_reset_fixed_point`);
+- a behaviour sampler :math:`\mu` (``behaviour=`` of :func:`expected_recipe_gradient`): sequence-level IS gives
+  :math:`\nabla J`, the others do not, yet at :math:`\pi^*` every signal is :math:`\log Z`, so a tabular policy
+  settles at :math:`\pi^*` whichever correction is used.
+
 Here :math:`\mu_q = \mathbb{E}_q[r]`, :math:`\sigma_q` the standard deviation of :math:`r` under :math:`q` (the
 limit of the group's unbiased standard deviation) and :math:`\epsilon` the recipes' ``GROUP_STD_EPS``.
 The derivations are in docs/tutorial.md ("Which RLHF recipes sample the posterior?"); the checks against
