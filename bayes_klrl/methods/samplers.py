@@ -15,7 +15,7 @@ __all__ = ["GIBBS_MAX_VOCAB", "ExactMethod", "ImportanceMethod", "MCMCMethod"]
 
 
 def _tv_to_posterior(draws: torch.Tensor, context: RunContext) -> float | None:
-    """Total variation between the histogram of ``draws`` ``(..., T)`` and the exact posterior (``None`` without
+    r"""Total variation between the histogram of ``draws`` ``(..., T)`` and the exact posterior (``None`` without
     one): a sampler's distance to :math:`\pi^*`."""
     if context.posterior is None:
         return None
