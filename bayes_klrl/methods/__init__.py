@@ -22,10 +22,11 @@ Example::
 
 The package holds one concept per file: :mod:`.row` (the record a method returns), :mod:`.registry` (the
 :class:`Method` base and :data:`METHODS`), :mod:`.trained` (the adapter that trains a policy and scores it),
-:mod:`.samplers` (the exact row and the samplers of :math:`\pi^*`) and :mod:`.shipped` (the methods this
-package registers, in order).
+:mod:`.samplers` (the exact row and the samplers of :math:`\pi^*`), :mod:`.shipped` (the methods this
+package registers, in order) and :mod:`.options` (the choices of the settings they read).
 """
 
+from .options import CHOICES
 from .registry import METHODS, OPTIMIZER_OPTIONS, Method, make_trainer, register, trained_methods
 from .row import EXACT, MONTE_CARLO, MethodResult, Row, RunContext
 from .samplers import GIBBS_MAX_VOCAB, ExactMethod, ImportanceMethod, MCMCMethod
@@ -33,6 +34,7 @@ from .shipped import RECIPE_OPTIONS
 from .trained import TrainedMethod, score_policy
 
 __all__ = [
+    "CHOICES",
     "EXACT",
     "GIBBS_MAX_VOCAB",
     "METHODS",
