@@ -176,6 +176,10 @@ def _compare(args) -> int:
         print(f"exact: log Z = {p.log_z:.6f}, E[r] = {p.expected_reward:.4f}, H = {p.entropy:.4f} nats")
     rows = [row.to_dict() for row in comparison.rows]
     print(compare.format_table(rows))
+    bounds = compare.bounds_table(rows)
+    if bounds is not None:
+        print("log Z bounds (smc) and KL brackets, Monte Carlo; exact figures beside them where enumerable:")
+        print(bounds)
     for note in reading_notes(rows):
         print(note)
     print(f"wrote {out / 'metrics.json'}")

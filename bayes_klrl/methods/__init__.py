@@ -22,7 +22,8 @@ Example::
 
 The package holds one concept per file: :mod:`.row` (the record a method returns), :mod:`.registry` (the
 :class:`Method` base and :data:`METHODS`), :mod:`.trained` (the adapter that trains a policy and scores it),
-:mod:`.samplers` (the exact row and the samplers of :math:`\pi^*`), :mod:`.shipped` (the methods this
+:mod:`.samplers` (the exact row and the samplers of :math:`\pi^*`), :mod:`.smc` (SMC bounds on
+:math:`\log Z` and the KL brackets they give), :mod:`.shipped` (the methods this
 package registers, in order) and :mod:`.options` (the choices of the settings they read).
 """
 
@@ -31,6 +32,7 @@ from .registry import METHODS, OPTIMIZER_OPTIONS, Method, make_trainer, register
 from .row import EXACT, MONTE_CARLO, MethodResult, Row, RunContext
 from .samplers import GIBBS_MAX_VOCAB, ExactMethod, ImportanceMethod, MCMCMethod
 from .shipped import RECIPE_OPTIONS
+from .smc import SMCMethod, bracket_rows
 from .trained import TrainedMethod, score_policy
 
 __all__ = [
@@ -48,7 +50,9 @@ __all__ = [
     "MethodResult",
     "Row",
     "RunContext",
+    "SMCMethod",
     "TrainedMethod",
+    "bracket_rows",
     "make_trainer",
     "register",
     "score_policy",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..estimators import KL_GRADIENTS
 from ..infer.elbo import ESTIMATORS
 from ..infer.mcmc import KERNELS
+from ..infer.twists import TWISTS
 from ..model import SITES
 from ..rl.kl import KL_ESTIMATORS
 from ..rl.recipes import ADVANTAGES, KL_PLACES, NORMALIZATIONS
@@ -27,4 +28,5 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "advantage": tuple(ADVANTAGES),
     "normalization": tuple(NORMALIZATIONS),
     "mcmc_kernel": ("auto", *KERNELS),
+    "twist": tuple(TWISTS),
 }

@@ -30,6 +30,10 @@ class Method(ABC):
     def check(self, config: Any) -> None:  # noqa: B027 (a no-op hook, as in Pyro's MCMCKernel)
         """Refuse settings this method cannot run with (hook; called for every method before any runs)."""
 
+    def check_task(self, task: Task, config: Any, enumerable: bool) -> None:  # noqa: B027 (a no-op hook)
+        """Refuse a task this method cannot run on with these settings (hook; called for every method with the
+        task loaded, before any runs)."""
+
 
 #: the optimizer settings every trained method takes (:class:`~bayes_klrl.training.OptimizerSettings`)
 OPTIMIZER_OPTIONS = ("optimizer", "weight_decay", "lr_schedule", "warmup_steps", "max_grad_norm")

@@ -57,6 +57,28 @@ class Row:
         "hard constraints: KL(q_F || pi*), q conditioned on the feasible set"
     )
     expected_reward_feasible: float | None = _column("hard constraints: E_q[r | feasible]")
+    log_z_lower: float | None = _column(
+        "smc: mean log Z-hat of the SMC runs, a lower bound on log Z in expectation (log_z: the runs' Z-hat pooled)"
+    )
+    log_z_lower_se: float | None = _column("smc: standard error of log_z_lower over the runs")
+    log_z_upper: float | None = _column(
+        "smc: mean log Z-hat of the conditional SMC runs (one particle an exact posterior draw), an upper bound on "
+        "log Z in expectation; null when the task has no exact draws (too large to enumerate, no reward_max)"
+    )
+    log_z_upper_se: float | None = _column("smc: standard error of log_z_upper over the runs")
+    resampling_steps: float | None = _column("smc: resampling steps per run, mean over the runs")
+    kl_q_to_posterior_lower: float | None = _column(
+        "with smc in the run: log_z_lower - ELBO-hat(q), a lower end on KL(q || pi*) (Monte Carlo; clipped at 0)"
+    )
+    kl_q_to_posterior_upper: float | None = _column(
+        "with smc in the run: log_z_upper - ELBO-hat(q), an upper end on KL(q || pi*) (null: no upper bound)"
+    )
+    kl_posterior_to_q_lower: float | None = _column(
+        "with smc and exact draws: EUBO-hat(q) - log_z_upper, a lower end on KL(pi* || q) (clipped at 0)"
+    )
+    kl_posterior_to_q_upper: float | None = _column(
+        "with smc and exact draws: EUBO-hat(q) - log_z_lower, an upper end on KL(pi* || q)"
+    )
     settings: Mapping[str, Any] = field(
         default_factory=dict, metadata={"help": "the method's own options (kernel, proposal, estimator, recipe)"}
     )
@@ -105,11 +127,17 @@ class MethodResult:
     :ivar row: its line of the comparison.
     :ivar inference_data: its draws as :class:`arviz.InferenceData` (saved as ``<method>.nc``), or ``None``.
     :ivar fit: the training record of a trained method (policy, learning curve), or ``None``.
+    :ivar draws: a trained policy's own draws, scored (:class:`~bayes_klrl.samples.ScoredSamples` with ``log_q``),
+        from which its ELBO is estimated for a KL bracket, or ``None``.
+    :ivar bounds: the ``smc`` method's :class:`~bayes_klrl.infer.bounds.LogZBounds`, which bracket every trained
+        policy's distance to the posterior, or ``None``.
     """
 
     row: Row
     inference_data: Any = None
     fit: FitResult | None = None
+    draws: Any = None
+    bounds: Any = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from ..rl import DPGTrainer, PPOTrainer, ReinforceTrainer
 from ..rl.recipes import PRESETS, Recipe
 from .registry import register
 from .samplers import ExactMethod, ImportanceMethod, MCMCMethod
+from .smc import SMCMethod
 from .trained import TrainedMethod
 
 __all__ = ["RECIPE_OPTIONS"]
@@ -113,3 +114,4 @@ register(
 )
 register(ImportanceMethod())
 register(MCMCMethod())
+register(SMCMethod())

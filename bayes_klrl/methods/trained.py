@@ -155,4 +155,6 @@ class TrainedMethod(Method):
             settings=settings,
             **columns,
         )
-        return MethodResult(row=row, inference_data=importance_inference_data(task, imp, self.name), fit=result)
+        return MethodResult(
+            row=row, inference_data=importance_inference_data(task, imp, self.name), fit=result, draws=imp.samples
+        )
