@@ -883,8 +883,131 @@ def bench_smc_variance(
     }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One measurement of :func:`run_bench`: its ``name`` on the progress bar, the ``function`` that measures it
+    (``function(shared) -> value``, ``shared`` holding what stages share: the task, the exact posterior), the report
+    field ``key`` its value goes to (appended when the field is a list), and what it ``needs``: ``None``, or an
+    optional extra's check ``() -> (ok, status)`` whose status goes to ``status_key`` (see :func:`_measure_optional`).
+    """
+
+    name: str
+    function: Callable[[dict], object]
+    needs: Callable[[], tuple[bool, str]] | None = None
+    key: str = ""
+    status_key: str | None = None
+
+
+def bench_stages(config: BenchConfig) -> list[Stage]:
+    """The table of :func:`run_bench`'s measurements, in order, with ``config``'s settings bound."""
+
+    def efficiency(method: str) -> Callable[[dict], object]:
+        def run(shared: dict):
+            if shared.get("posterior") is None:
+                shared["posterior"] = exact_posterior(shared["markov"])
+            return bench_sample_efficiency(
+                shared["markov"],
+                method,
+                seeds=config.efficiency_seeds,
+                num_sequences=config.efficiency_num_sequences,
+                max_steps=config.efficiency_max_steps,
+                eval_every=config.efficiency_eval_every,
+                kl_goal=config.kl_goal,
+                lr=config.ppo_lr if method == "ppo" else config.lr,
+                posterior=shared["posterior"],
+            )
+
+        return run
+
+    def mcmc(kernel: str) -> Callable[[dict], object]:
+        return lambda shared: bench_mcmc(
+            shared["markov"],
+            kernel,
+            num_chains=config.mcmc_chains,
+            num_samples=config.mcmc_samples,
+            warmup=config.mcmc_warmup,
+            repeats=config.repeats,
+            seed=config.seed,
+        )
+
+    timing = dict(num_sequences=config.svi_num_sequences, steps=config.svi_steps, warmup=config.svi_warmup)
+    timing.update(repeats=config.repeats, lr=config.lr, seed=config.seed)
+    return [
+        Stage(
+            "importance",
+            lambda shared: bench_importance(
+                shared["markov"],
+                num_samples=config.is_samples,
+                pyro_samples=config.pyro_is_samples,
+                repeats=config.repeats,
+                seed=config.seed,
+            ),
+            key="importance",
+        ),
+        Stage("svi", lambda shared: bench_svi_overhead(shared["markov"], **timing), key="svi_overhead"),
+        Stage(
+            "svi hf",
+            lambda shared: bench_svi_overhead_hf(
+                num_sequences=config.gpt2_num_sequences,
+                length=config.gpt2_length,
+                steps=config.gpt2_steps,
+                warmup=config.svi_warmup,
+                repeats=config.repeats,
+                lr=config.lr,
+                seed=config.seed,
+            ),
+            needs=transformers_available,
+            key="svi_overhead_hf",
+            status_key="svi_hf_status",
+        ),
+        Stage("grpo", lambda shared: bench_grpo_overhead(shared["markov"], **timing), key="grpo_overhead"),
+        *(Stage(f"mcmc {k}", mcmc(k), key="mcmc") for k in config.mcmc_kernels),
+        Stage(
+            "exact",
+            lambda shared: bench_exact({name: load_task(name) for name in config.exact_tasks}, repeats=config.repeats),
+            key="exact",
+        ),
+        *(Stage(f"efficiency {m}", efficiency(m), key="efficiency") for m in config.efficiency_methods),
+        Stage(
+            "hf",
+            lambda shared: bench_hf_sampling(
+                num_sequences=config.hf_num_sequences,
+                tokens=config.hf_tokens,
+                repeats=config.hf_repeats,
+                seed=config.seed,
+            ),
+            needs=hf_available,
+            key="hf",
+            status_key="hf_status",
+        ),
+        *(
+            Stage(
+                f"smc {name}",
+                lambda shared, name=name: bench_smc_overhead(
+                    load_task(name), num_particles=config.smc_particles, repeats=config.repeats, seed=config.seed
+                ),
+                key="smc",
+            )
+            for name in config.smc_tasks
+        ),
+        Stage(
+            "smc variance",
+            lambda shared: bench_smc_variance(
+                load_task(config.smc_variance_task),
+                num_particles=config.smc_variance_particles,
+                num_runs=config.smc_variance_runs,
+                twist_steps=config.smc_twist_steps,
+                twist_sequences=config.smc_twist_sequences,
+                seed=config.seed,
+            ),
+            key="smc_variance",
+        ),
+    ]
+
+
 def run_bench(config: BenchConfig | None = None, *, quick: bool = False, progress: bool = True) -> BenchReport:
-    """Run every measurement of ``config`` on the shipped tasks; see the module docstring for what each means.
+    """Run every measurement of ``config`` (the table of :func:`bench_stages`) on the shipped tasks; see the module
+    docstring for what each means.
 
     Example::
 
@@ -895,117 +1018,18 @@ def run_bench(config: BenchConfig | None = None, *, quick: bool = False, progres
     config = BenchConfig() if config is None else config
     t_start = time.perf_counter()
     machine = machine_info()
-    markov = load_task("markov")
-    stages = ["importance", "svi", "svi hf", "grpo", *(f"mcmc {k}" for k in config.mcmc_kernels), "exact"]
-    stages += [f"efficiency {m}" for m in config.efficiency_methods] + ["hf"]
-    stages += [f"smc {name}" for name in config.smc_tasks] + ["smc variance"]
+    shared = {"markov": load_task("markov"), "posterior": None}
     results: dict = {"mcmc": [], "efficiency": [], "smc": []}
+    stages = bench_stages(config)
     bar = tqdm(stages, desc="bench", disable=not progress, leave=False)
-    posterior = None
     for stage in bar:
-        bar.set_postfix_str(stage)
-        if stage == "importance":
-            results["importance"] = bench_importance(
-                markov,
-                num_samples=config.is_samples,
-                pyro_samples=config.pyro_is_samples,
-                repeats=config.repeats,
-                seed=config.seed,
-            )
-        elif stage == "svi":
-            results["svi_overhead"] = bench_svi_overhead(
-                markov,
-                num_sequences=config.svi_num_sequences,
-                steps=config.svi_steps,
-                warmup=config.svi_warmup,
-                repeats=config.repeats,
-                lr=config.lr,
-                seed=config.seed,
-            )
-        elif stage == "svi hf":
-            _measure_optional(
-                results,
-                "svi_overhead_hf",
-                "svi_hf_status",
-                transformers_available,
-                lambda: bench_svi_overhead_hf(
-                    num_sequences=config.gpt2_num_sequences,
-                    length=config.gpt2_length,
-                    steps=config.gpt2_steps,
-                    warmup=config.svi_warmup,
-                    repeats=config.repeats,
-                    lr=config.lr,
-                    seed=config.seed,
-                ),
-            )
-        elif stage == "grpo":
-            results["grpo_overhead"] = bench_grpo_overhead(
-                markov,
-                num_sequences=config.svi_num_sequences,
-                steps=config.svi_steps,
-                warmup=config.svi_warmup,
-                repeats=config.repeats,
-                lr=config.lr,
-                seed=config.seed,
-            )
-        elif stage.startswith("mcmc"):
-            results["mcmc"].append(
-                bench_mcmc(
-                    markov,
-                    stage.split()[1],
-                    num_chains=config.mcmc_chains,
-                    num_samples=config.mcmc_samples,
-                    warmup=config.mcmc_warmup,
-                    repeats=config.repeats,
-                    seed=config.seed,
-                )
-            )
-        elif stage == "exact":
-            tasks = {name: load_task(name) for name in config.exact_tasks}
-            results["exact"] = bench_exact(tasks, repeats=config.repeats)
-        elif stage.startswith("efficiency"):
-            method = stage.split()[1]
-            posterior = exact_posterior(markov) if posterior is None else posterior
-            results["efficiency"].append(
-                bench_sample_efficiency(
-                    markov,
-                    method,
-                    seeds=config.efficiency_seeds,
-                    num_sequences=config.efficiency_num_sequences,
-                    max_steps=config.efficiency_max_steps,
-                    eval_every=config.efficiency_eval_every,
-                    kl_goal=config.kl_goal,
-                    lr=config.ppo_lr if method == "ppo" else config.lr,
-                    posterior=posterior,
-                )
-            )
-        elif stage == "smc variance":
-            results["smc_variance"] = bench_smc_variance(
-                load_task(config.smc_variance_task),
-                num_particles=config.smc_variance_particles,
-                num_runs=config.smc_variance_runs,
-                twist_steps=config.smc_twist_steps,
-                twist_sequences=config.smc_twist_sequences,
-                seed=config.seed,
-            )
-        elif stage.startswith("smc"):
-            task = load_task(stage.split()[1])
-            results["smc"].append(
-                bench_smc_overhead(task, num_particles=config.smc_particles, repeats=config.repeats, seed=config.seed)
-            )
-        elif stage == "hf":
-            _measure_optional(
-                results,
-                "hf",
-                "hf_status",
-                hf_available,
-                lambda: bench_hf_sampling(
-                    num_sequences=config.hf_num_sequences,
-                    tokens=config.hf_tokens,
-                    repeats=config.hf_repeats,
-                    seed=config.seed,
-                ),
-            )
+        bar.set_postfix_str(stage.name)
+        if stage.needs is not None:
+            _measure_optional(results, stage.key, stage.status_key, stage.needs, lambda s=stage: s.function(shared))
+        elif isinstance(results.get(stage.key), list):
+            results[stage.key].append(stage.function(shared))
+        else:
+            results[stage.key] = stage.function(shared)
     bar.close()
     return BenchReport(
         quick=quick,
