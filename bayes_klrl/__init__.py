@@ -15,7 +15,7 @@ Example::
 """
 
 from .compare import CompareConfig, Comparison, run_compare, save_comparison
-from .diagnostics import diagnostics_table, load_netcdf
+from .diagnostics import diagnostics_table, importance_inference_data, load_netcdf, mcmc_inference_data
 from .exact import (
     ExactPosterior,
     PolicyMetrics,
@@ -78,7 +78,9 @@ __all__ = [
     "fit",
     "gradient_variance",
     "importance_sample",
+    "importance_inference_data",
     "load_netcdf",
+    "mcmc_inference_data",
     "load_task",
     "make_trainer",
     "policy_diagnostics",
