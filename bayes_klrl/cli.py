@@ -127,7 +127,7 @@ def _script_main(name: str):
 
 
 def _compare(args) -> int:
-    from .compare import CompareConfig, format_table, prepare_output, run_compare, save_comparison
+    from .compare import CompareConfig, bounds_table, format_table, prepare_output, run_compare, save_comparison
     from .config import config_from_args, given_options
     from .diagnostics import reading_notes
     from .methods import trained_methods
@@ -178,6 +178,10 @@ def _compare(args) -> int:
         print(f"exact: log Z = {p.log_z:.6f}, E[r] = {p.expected_reward:.4f}, H = {p.entropy:.4f} nats")
     rows = [row.to_dict() for row in comparison.rows]
     print(format_table(rows))
+    bounds = bounds_table(rows)
+    if bounds is not None:
+        print("log Z bounds (smc) and KL brackets, Monte Carlo; exact figures beside them where enumerable:")
+        print(bounds)
     for note in reading_notes(rows):
         print(note)
     print(f"wrote {out / 'metrics.json'}")
