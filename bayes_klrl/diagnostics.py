@@ -98,13 +98,15 @@ def _dataset(variables: dict, length: int, attrs: dict):
     return xr.Dataset(data_vars, coords=coords, attrs=dict(attrs))
 
 
-def _from_dict(posterior: dict, sample_stats: dict | None, attrs: dict, **extra_groups: dict) -> az.InferenceData:
+def _from_dict(
+    posterior: dict, sample_stats: dict | None, attrs: dict, log_likelihood: str = "reward", **extra_groups: dict
+) -> az.InferenceData:
     length = attrs["length"]
     groups = {"posterior": _dataset(posterior, length, attrs)}
     if sample_stats:
         groups["sample_stats"] = _dataset(sample_stats, length, attrs)
     # log p(y=1 | x) = r(x)/β, the program's log-likelihood (az.loo reads this group)
-    groups["log_likelihood"] = _dataset({"reward": posterior["reward_over_beta"]}, length, attrs)
+    groups["log_likelihood"] = _dataset({log_likelihood: posterior["reward_over_beta"]}, length, attrs)
     for name, variables in extra_groups.items():
         groups[name] = _dataset(variables, length, attrs)
     return _arviz.from_groups(groups)
@@ -186,9 +188,6 @@ def smc_inference_data(task: Task, result, *, seed: int = 0) -> tuple[az.Inferen
     - ``particles`` (a group of this package, ``weighted = 1``): the final particles as SMC left them, with
       their ``log_weight``; ``attrs`` hold each run's ``log_z``.
     """
-    import arviz as az
-    import xarray as xr
-
     k, n, length = result.tokens.shape
     generator = torch.Generator().manual_seed(seed)
     finite = torch.isfinite(torch.logsumexp(result.log_weights, -1))  # (K,) runs with some mass
@@ -204,22 +203,14 @@ def smc_inference_data(task: Task, result, *, seed: int = 0) -> tuple[az.Inferen
         "reward_over_beta": _np(reward / task.beta),
     }
     attrs = _attrs(task, "smc", False, log_z_runs=_np(result.log_z).tolist(), conditional=int(result.conditional))
-    idata = az.from_dict(
-        posterior=posterior,
-        log_likelihood={"reward_over_beta": posterior["reward_over_beta"]},
-        dims={"tokens": ["position"]},
-        coords={"position": np.arange(length)},
-    )
     particles = {
-        "tokens": (("chain", "draw", "position"), _np(result.tokens).astype(np.int64)),
-        "reward": (("chain", "draw"), _np(result.reward)),
-        "log_prior": (("chain", "draw"), _np(result.log_prior)),
-        "log_weight": (("chain", "draw"), _np(result.log_weights)),
+        "tokens": _np(result.tokens).astype(np.int64),
+        "reward": _np(result.reward),
+        "log_prior": _np(result.log_prior),
+        "log_weight": _np(result.log_weights),
     }
-    idata.add_groups({"particles": xr.Dataset(particles, coords={"position": np.arange(length)})})
-    for group in idata.groups():
-        idata[group].attrs.update(attrs)
-    idata.particles.attrs["weighted"] = 1
+    idata = _from_dict(posterior, None, attrs, log_likelihood="reward_over_beta", particles=particles)
+    idata["particles"].attrs["weighted"] = 1
     return idata, tokens.reshape(k * n, length)
 
 
