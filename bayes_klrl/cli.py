@@ -16,6 +16,15 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import compare  # called as compare.<name>, so that tests can replace compare.run_compare
+from .config import add_config_arguments, config_from_args, given_options
+from .diagnostics import reading_notes
+from .methods import METHODS, trained_methods
+from .modelfile import ModelFileError, describe_model, load_model, shipped_tasks
+from .sweep import add_executor_arguments, executor_from_args, grid, run_sweep, save_sweep, sweep_rows
+from .task import DEFAULT_MAX_ENUMERATION, RewardError, resolve_policy_kind
+from .training import init_distributed_from_env
+
 __all__ = ["main", "build_parser"]
 
 #: subcommands that run a script of the repository checkout: name -> (path from the repository root, help)
@@ -52,10 +61,6 @@ def _numbers(kind):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser. ``compare``'s options not given on the command line parse to ``None``, so a model
     file's ``COMPARE_DEFAULTS`` can fill them in below the command line."""
-    from .compare import CompareConfig
-    from .config import add_config_arguments
-    from .sweep import add_executor_arguments
-
     parser = argparse.ArgumentParser(
         prog="bayes-klrl",
         description="KL-regularized RL as Bayesian inference: compare SVI, RL and exact posteriors on a task.",
@@ -81,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/compare", help="output folder (default: runs/compare)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    add_config_arguments(p.add_argument_group("comparison settings"), CompareConfig, skip=("max_enumeration",))
+    add_config_arguments(p.add_argument_group("comparison settings"), compare.CompareConfig, skip=("max_enumeration",))
     g = p.add_argument_group(
         "sweeps",
         "several seeds and/or betas: one comparison per (beta, seed) in DIR/beta<b>_seed<s>/, run through an "
@@ -127,30 +132,23 @@ def _script_main(name: str):
 
 
 def _compare(args) -> int:
-    from .compare import CompareConfig, bounds_table, format_table, prepare_output, run_compare, save_comparison
-    from .config import config_from_args, given_options
-    from .diagnostics import reading_notes
-    from .methods import trained_methods
-    from .modelfile import load_model
-    from .task import RewardError, resolve_policy_kind
-    from .training import init_distributed_from_env
-
     rank, world_size = init_distributed_from_env()  # under torchrun: data-parallel training, rank 0 reports
     say = print if rank == 0 else (lambda *a, **k: None)
     # the model file is imported once; its COMPARE_DEFAULTS sit below the command line
     task, from_file, path = load_model(args.model, **dict(args.overrides))
+    from_file = compare.check_compare_defaults(from_file, path)
     if args.beta is not None:
         if "beta" in dict(args.overrides):
             raise ValueError("--beta and --set beta=... both given; use one")
         task = task.replace(beta=args.beta)
-    config = config_from_args(CompareConfig, args, base=from_file)
-    given = given_options(CompareConfig, args)
+    config = config_from_args(compare.CompareConfig, args, base=from_file)
+    given = given_options(compare.CompareConfig, args)
     used = [k for k in from_file if k not in given]
     if used:
         say("model file defaults: " + ", ".join(f"{k}={from_file[k]}" for k in used))
     for note in unused_option_notes(config, given):
         say(note)
-    out = prepare_output(args.out)  # an unusable folder is found before any training
+    out = compare.prepare_output(args.out)  # an unusable folder is found before any training
     sweeping = args.seeds is not None or args.betas is not None or args.executor not in (None, "serial")
     if sweeping and world_size > 1:
         raise ValueError("a sweep (--seeds, --betas, --executor) cannot run under torchrun; launch one or the other")
@@ -167,18 +165,18 @@ def _compare(args) -> int:
     if world_size > 1:
         say(f"data parallel: {world_size} ranks, {config.num_sequences // world_size} sequences each per step")
     try:
-        comparison = run_compare(task, config, checkpoint_dir=out, progress=not args.no_progress and rank == 0)
+        comparison = compare.run_compare(task, config, checkpoint_dir=out, progress=not args.no_progress and rank == 0)
     except RewardError as exc:  # the reward passed the construction check but failed on a later batch
         raise ValueError(f"model file '{path}': {exc}") from exc
     if rank != 0:  # the other ranks trained alongside; rank 0 writes and prints
         return 0
-    save_comparison(comparison, out)
+    compare.save_comparison(comparison, out)
     p = comparison.posterior
     if p is not None:
         print(f"exact: log Z = {p.log_z:.6f}, E[r] = {p.expected_reward:.4f}, H = {p.entropy:.4f} nats")
     rows = [row.to_dict() for row in comparison.rows]
-    print(format_table(rows))
-    bounds = bounds_table(rows)
+    print(compare.format_table(rows))
+    bounds = compare.bounds_table(rows)
     if bounds is not None:
         print("log Z bounds (smc) and KL brackets, Monte Carlo; exact figures beside them where enumerable:")
         print(bounds)
@@ -189,9 +187,6 @@ def _compare(args) -> int:
 
 
 def _sweep(args, config, given: dict, out: Path) -> int:
-    from .compare import format_table
-    from .sweep import executor_from_args, grid, run_sweep, save_sweep, sweep_rows
-
     if args.seeds is not None and "seed" in given:
         raise ValueError("--seed and --seeds both given; use --seeds")
     if args.betas is not None and args.beta is not None:
@@ -214,15 +209,13 @@ def _sweep(args, config, given: dict, out: Path) -> int:
                         progress=not args.no_progress)  # fmt: skip
     save_sweep(results, out)
     columns = ["folder", "method", "kl_q_to_posterior", "elbo", "expected_reward", "wall_seconds"]
-    print(format_table(sweep_rows(results), columns))
+    print(compare.format_table(sweep_rows(results), columns))
     print(f"wrote {out / 'sweep.json'} and one folder per run")
     return 0
 
 
 def unused_option_notes(config, given: dict) -> list[str]:
     """One line per option given on the command line that none of the chosen methods reads."""
-    from .methods import METHODS
-
     readers: dict[str, list[str]] = {}
     for name, method in METHODS.items():
         for option in method.options:
@@ -238,9 +231,6 @@ def unused_option_notes(config, given: dict) -> list[str]:
 
 
 def _tasks(args) -> int:
-    from .modelfile import ModelFileError, describe_model, shipped_tasks
-    from .task import DEFAULT_MAX_ENUMERATION
-
     tasks = shipped_tasks()
     if not tasks:
         print("no shipped tasks found (set BAYES_KLRL_MODELS to the models/ folder)")

@@ -7,7 +7,7 @@ Methods come in three kinds:
 - ``exact``: the posterior by enumeration (the reference row);
 - ``trained``: a :class:`~bayes_klrl.training.Trainer` factory (SVI, the RL trainers and recipes, DPG); the
   policy it trains is scored against the posterior by :func:`score_policy`;
-- ``sampler``: importance sampling, MCMC and SMC, drawing (weighted or correlated) samples of :math:`\pi^*`.
+- ``sampler``: importance sampling and MCMC, drawing (weighted or correlated) samples of :math:`\pi^*`.
 
 Adding a trainer: write it (e.g. ``bayes_klrl/rl/mine.py``) and :func:`register` a :class:`TrainedMethod` at
 the end of :mod:`.shipped`; its name becomes a ``compare --methods`` choice and a figure label. Adding a sampler:
@@ -22,19 +22,21 @@ Example::
 
 The package holds one concept per file: :mod:`.row` (the record a method returns), :mod:`.registry` (the
 :class:`Method` base and :data:`METHODS`), :mod:`.trained` (the adapter that trains a policy and scores it),
-:mod:`.samplers` (the exact row and the samplers of :math:`\pi^*`), :mod:`.bounds` (SMC's bounds on
-:math:`\log Z` and the KL brackets they give) and :mod:`.shipped` (the methods this
-package registers, in order).
+:mod:`.samplers` (the exact row and the samplers of :math:`\pi^*`), :mod:`.smc` (SMC bounds on
+:math:`\log Z` and the KL brackets they give), :mod:`.shipped` (the methods this
+package registers, in order) and :mod:`.options` (the choices of the settings they read).
 """
 
-from .bounds import SMCMethod, bracket_rows
+from .options import CHOICES
 from .registry import METHODS, OPTIMIZER_OPTIONS, Method, make_trainer, register, trained_methods
 from .row import EXACT, MONTE_CARLO, MethodResult, Row, RunContext
 from .samplers import GIBBS_MAX_VOCAB, ExactMethod, ImportanceMethod, MCMCMethod
 from .shipped import RECIPE_OPTIONS
+from .smc import SMCMethod, bracket_rows
 from .trained import TrainedMethod, score_policy
 
 __all__ = [
+    "CHOICES",
     "EXACT",
     "GIBBS_MAX_VOCAB",
     "METHODS",

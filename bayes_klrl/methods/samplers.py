@@ -7,7 +7,10 @@ import time
 
 import torch
 
+from ..diagnostics import importance_inference_data, mcmc_inference_data, scalar_diagnostics
 from ..exact import total_variation
+from ..infer.importance import importance_sample
+from ..infer.mcmc import run_mcmc
 from .registry import Method
 from .row import EXACT, MONTE_CARLO, MethodResult, Row, RunContext, _importance_columns
 
@@ -15,7 +18,7 @@ __all__ = ["GIBBS_MAX_VOCAB", "ExactMethod", "ImportanceMethod", "MCMCMethod"]
 
 
 def _tv_to_posterior(draws: torch.Tensor, context: RunContext) -> float | None:
-    """Total variation between the histogram of ``draws`` ``(..., T)`` and the exact posterior (``None`` without
+    r"""Total variation between the histogram of ``draws`` ``(..., T)`` and the exact posterior (``None`` without
     one): a sampler's distance to :math:`\pi^*`."""
     if context.posterior is None:
         return None
@@ -53,9 +56,6 @@ class ImportanceMethod(Method):
     description = "self-normalized importance sampling, the prior as proposal, on a trained method's reward budget"
 
     def run(self, context: RunContext) -> MethodResult:
-        from ..diagnostics import importance_inference_data
-        from ..infer.importance import importance_sample
-
         task, config = context.task, context.config
         num_samples = max(config.steps * config.num_sequences, config.eval_samples)
         t0 = time.perf_counter()
@@ -96,9 +96,6 @@ class MCMCMethod(Method):
             raise ValueError(f"--mcmc-proposal {proposal} needs method {proposal!r} before mcmc in --methods")
 
     def run(self, context: RunContext) -> MethodResult:
-        from ..diagnostics import mcmc_inference_data, scalar_diagnostics
-        from ..infer.mcmc import run_mcmc
-
         task, config = context.task, context.config
         kernel = config.mcmc_kernel
         proposal = None if config.mcmc_proposal == "prior" else context.fits[config.mcmc_proposal].policy

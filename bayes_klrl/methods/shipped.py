@@ -3,53 +3,42 @@ registered (the order of ``compare --methods`` choices)."""
 
 from __future__ import annotations
 
-from .bounds import SMCMethod
+from ..infer.svi import SVITrainer, check_options
+from ..rl import DPGTrainer, PPOTrainer, ReinforceTrainer
+from ..rl.recipes import PRESETS, Recipe
 from .registry import register
 from .samplers import ExactMethod, ImportanceMethod, MCMCMethod
+from .smc import SMCMethod
 from .trained import TrainedMethod
 
 __all__ = ["RECIPE_OPTIONS"]
 
 
 def _svi(task, policy, num_sequences, **kwargs):
-    from ..infer.svi import SVITrainer
-
     return SVITrainer(task, policy, num_sequences, **kwargs)
 
 
 def _reinforce(task, policy, num_sequences, **kwargs):
-    from ..rl import ReinforceTrainer
-
     return ReinforceTrainer(task, policy, num_sequences, **kwargs)
 
 
 def _check_svi(num_sequences: int, **options) -> None:
-    from ..infer.svi import check_options
-
     check_options(**options)
 
 
 def _check_recipe(num_sequences: int, **options) -> None:
-    from ..rl.recipes import Recipe
-
     Recipe(**options).check_batch(num_sequences)
 
 
 def _ppo(task, policy, num_sequences, **kwargs):
-    from ..rl import PPOTrainer
-
     return PPOTrainer(task, policy, num_sequences, **kwargs)
 
 
 def _dpg(task, policy, num_sequences, **kwargs):
-    from ..rl import DPGTrainer
-
     return DPGTrainer(task, policy, num_sequences, **kwargs)
 
 
 def _recipe_preset(name: str) -> dict:
-    from ..rl.recipes import PRESETS
-
     return PRESETS[name].as_dict()
 
 

@@ -8,7 +8,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..diagnostics import importance_inference_data
 from ..exact import ExactPosterior, policy_metrics
+from ..infer.importance import importance_sample
 from ..lm import AutoregressiveLM
 from ..task import Task
 from ..training import fit
@@ -34,8 +36,6 @@ def score_policy(
 
     :returns: ``(columns, importance_result)``.
     """
-    from ..infer.importance import importance_sample
-
     imp = importance_sample(task, policy, num_samples=num_samples, chunk_size=chunk_size, seed=seed)
     columns = _importance_columns(imp)
     if posterior is not None:
@@ -148,8 +148,6 @@ class TrainedMethod(Method):
             chunk_size=config.num_sequences,
             seed=config.seed,
         )
-        from ..diagnostics import importance_inference_data
-
         row = Row(
             method=self.name,
             reward_evaluations=result.reward_evaluations,

@@ -103,6 +103,25 @@ def test_bounds_bracket_log_z_and_narrow_with_particles(pattern_task):
     assert widths[1] < widths[0] / 2
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "bandit",
+        "markov",
+        "markov_constraint",
+        "markov_pattern",
+        pytest.param("words_sentiment", marks=pytest.mark.slow),
+    ],
+)
+def test_bounds_bracket_log_z_on_every_shipped_enumerable_task(name):
+    task = bk.load_task(name)
+    post = bk.exact_posterior(task)
+    draws = exact_posterior_draws(task, 32, posterior=post, seed=0)
+    b = log_z_bounds(task, num_particles=64, num_runs=32, draws=draws, seed=0)
+    assert b.log_z_lower < post.log_z + Z_CRIT * b.lower.log_z_se + 1e-9
+    assert b.log_z_upper > post.log_z - Z_CRIT * b.upper.log_z_se - 1e-9
+
+
 def test_rejection_draws_match_the_posterior():
     task = bk.load_task("bandit")
     post = bk.exact_posterior(task)
@@ -128,11 +147,10 @@ def test_kl_bracket_contains_the_exact_kl(pattern_task):
     assert draws.source == "rejection"
     bounds = log_z_bounds(pattern_task, num_particles=64, num_runs=256, draws=draws, twist=PolicyTwist(policy), seed=0)
     bracket = kl_bracket(pattern_task, policy, bounds, num_samples=20_000, seed=0)
-    slack_q = Z_CRIT * math.hypot(bracket.elbo_se, bounds.lower.log_z_se)
-    assert bracket.kl_q_lower - slack_q <= exact.kl_q_to_posterior <= bracket.kl_q_upper + slack_q
-    slack_p = Z_CRIT * math.hypot(bracket.eubo_se, bounds.upper.log_z_se)
-    assert bracket.kl_p_lower - slack_p <= exact.kl_posterior_to_q <= bracket.kl_p_upper + slack_p
-    assert bracket.kl_q_upper - bracket.kl_q_lower < 0.5 * exact.kl_q_to_posterior  # a bracket that says something
+    # each end is widened by 2 standard errors of its Monte Carlo terms
+    assert bracket.kl_q_lower <= exact.kl_q_to_posterior <= bracket.kl_q_upper
+    assert bracket.kl_p_lower <= exact.kl_posterior_to_q <= bracket.kl_p_upper
+    assert bracket.kl_q_upper - bracket.kl_q_lower < exact.kl_q_to_posterior  # a bracket that says something
 
 
 def test_policy_twist_is_importance_sampling_with_the_policy(small_task):

@@ -1,5 +1,5 @@
-r"""The ``smc`` method: :math:`\log Z` bracketed by SMC (lower) and conditional SMC on exact posterior draws (upper),
-and the KL bracket it gives every policy trained in the same comparison (:func:`bracket_rows`)."""
+r"""The ``smc`` method: (twisted) SMC bounds on :math:`\log Z` from below (SMC) and above (conditional SMC on exact
+posterior draws), and the KL brackets they give every trained policy of the run (:func:`bracket_rows`)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,6 @@ class SMCMethod(Method):
         return twist, result.reward_evaluations
 
     def run(self, context: RunContext) -> MethodResult:
-
         task, config, posterior = context.task, context.config, context.posterior
         t0 = time.perf_counter()
         twist, twist_evaluations = self._twist(context)
