@@ -184,7 +184,7 @@ def smc_inference_data(task: Task, result, *, seed: int = 0) -> tuple[az.Inferen
 
     - ``posterior``: each run's final particles *resampled* (multinomially, with ``seed``) in proportion to
       their weights, so ArviZ may read them as equally weighted draws of :math:`\pi^*`;
-    - ``log_likelihood``: ``reward_over_beta`` :math:`= r/eta` of those draws;
+    - ``log_likelihood``: ``reward_over_beta`` :math:`= r/\beta` of those draws;
     - ``particles`` (a group of this package, ``weighted = 1``): the final particles as SMC left them, with
       their ``log_weight``; ``attrs`` hold each run's ``log_z``.
     """
