@@ -86,7 +86,7 @@ def _from_dict(posterior: dict, sample_stats: dict, attrs: dict) -> az.Inference
     idata = az.from_dict(
         posterior=posterior,
         sample_stats=sample_stats,
-        log_likelihood={"reward": posterior["reward_over_beta"]},  # log p(y=1 | x) = r(x)/β, for az.loo
+        log_likelihood={"reward_over_beta": posterior["reward_over_beta"]},  # log p(y=1 | x) = r(x)/β, for az.loo
         dims={"tokens": ["position"]},
         coords={"position": np.arange(attrs["length"])},
     )
@@ -121,7 +121,7 @@ def importance_inference_data(task: Task, result: ImportanceResult, method: str 
     - ``posterior`` (one chain): the draws *resampled* in proportion to their weights
       :math:`w = \pi_0 e^{r/\beta}/q` (sampling-importance-resampling), so ``az.summary`` estimates posterior
       means; repeated draws make ArviZ's ESS optimistic, so read the importance ESS in ``attrs["ess"]``;
-    - ``log_likelihood``: ``reward`` :math:`= r/\beta` of those draws (the log-likelihood of the program);
+    - ``log_likelihood``: ``reward_over_beta`` :math:`= r/\beta` of those draws (the log-likelihood of the program);
     - ``proposal`` (a group of this package): the draws as the proposal :math:`q` made them, with
       ``log_weight`` and the PSIS-smoothed, normalized ``psis_log_weight``: weighted draws, never in ``posterior``.
 
@@ -153,7 +153,7 @@ def importance_inference_data(task: Task, result: ImportanceResult, method: str 
     )
     idata = az.from_dict(
         posterior=posterior,
-        log_likelihood={"reward": posterior["reward_over_beta"]},
+        log_likelihood={"reward_over_beta": posterior["reward_over_beta"]},
         dims={"tokens": ["position"]},
         coords={"position": np.arange(task.length)},
     )
@@ -247,7 +247,8 @@ def reading_notes(rows: list[dict]) -> list[str]:
             )
         if row.get("khat_label") == "unreliable" and row["method"] != "is":
             notes.append(
-                f"note: {row['method']} k-hat {row['khat']:.2f} with ESS {row['ess']:.3f}: the policy is not yet a "
-                "reliable importance proposal for the posterior (train longer, or read its KL where it is exact)"
+                f"note: {row['method']} k-hat unreliable ({row.get('khat_reason') or 'k-hat above 0.7'}): the "
+                "policy is not yet a reliable importance proposal for the posterior (train longer, or read its KL "
+                "where it is exact)"
             )
     return notes

@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -80,8 +81,19 @@ class Row:
     scored: str | None = _column("'exact' (enumeration) or 'monte carlo': how elbo .. kl_to_prior were obtained")
     log_z_se: float | None = _column("standard error of log Z-hat (delta method)")
     ess: float | None = _column("normalized importance ESS (sum w)^2 / (N sum w^2), in (0, 1]")
-    khat: float | None = _column("PSIS Pareto k-hat of the importance weights (< 0.5 good, > 0.7 unreliable)")
-    khat_label: str | None = _column("k-hat's reading: good, usable, unreliable (good also if max_weight_ratio <= 3)")
+    khat: float | None = _column(
+        "PSIS Pareto k-hat of the importance weights (< 0.5 good, > 0.7 unreliable); null when it is not finite "
+        "(khat_reason says which way)"
+    )
+    khat_label: str | None = _column(
+        "k-hat's reading: good, usable or unreliable; unreliable also when k-hat is not finite, the ESS is below "
+        "0.05 or one weight holds over half the total; good also if max_weight_ratio <= 3"
+    )
+    khat_reason: str | None = _column("why khat_label reads as it does (the figure that decided it)")
+    importance_failed: str | None = _column(
+        "why this row's importance-sampling columns (log_z, log_z_se, ess, khat ...) are empty: the scoring failed "
+        "(the exact figures, when the task is enumerable, are still there)"
+    )
     max_weight_ratio: float | None = _column("largest importance weight over the mean weight")
     rhat: float | None = _column("MCMC R-hat of the reward across chains (> 1.01: not mixed)")
     ess_bulk: float | None = _column("MCMC bulk effective sample size of the reward")
@@ -110,15 +122,20 @@ class Row:
         "scored",
     )
 
+    #: the columns of importance sampling with the method's policy (or the prior) as proposal
+    IMPORTANCE = ("log_z_se", "ess", "khat", "khat_label", "khat_reason", "max_weight_ratio")
+
     def to_dict(self) -> dict:
         """The flat record written to metrics.json: the shared columns, the diagnostics that are set, then the
         method's settings."""
         out = {}
+        # the importance columns come together: an empty one is written null (its reason beside it)
+        importance = any(getattr(self, name) is not None for name in (*self.IMPORTANCE, "importance_failed"))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name == "settings":
                 continue
-            if f.name in self.SHARED or value is not None:
+            if f.name in self.SHARED or value is not None or (importance and f.name in self.IMPORTANCE):
                 out[f.name] = value
         out.update(self.settings)
         return out
@@ -219,8 +236,9 @@ def _importance_columns(result) -> dict:
         "log_z": result.log_z,
         "log_z_se": result.log_z_se,
         "ess": result.ess,
-        "khat": result.khat,
+        "khat": result.khat if math.isfinite(result.khat) else None,  # an infinite k-hat is explained in the reason
         "khat_label": result.khat_label,
+        "khat_reason": result.khat_reason,
         "max_weight_ratio": result.max_weight_ratio,
     }
 
@@ -239,15 +257,22 @@ def score_policy(
     Without a posterior, ELBO, :math:`\mathbb{E}_q[r]` and :math:`\mathrm{KL}(q\|\pi_0) = \mathbb{E}_q[\log q - \log\pi_0]`
     are Monte Carlo averages over the same draws.
 
-    :returns: ``(columns, importance_result)``.
+    :returns: ``(columns, importance_result)``; the result is ``None`` (and ``importance_failed`` says why)
+        when every draw has weight 0.
     """
-    from .infer.importance import importance_sample
+    from .infer.importance import NoSupportError, importance_sample
 
-    imp = importance_sample(task, policy, num_samples=num_samples, chunk_size=chunk_size, seed=seed)
-    columns = _importance_columns(imp)
+    try:
+        imp = importance_sample(task, policy, num_samples=num_samples, chunk_size=chunk_size, seed=seed)
+    except NoSupportError as exc:  # the exact figures still stand; the row says why its Monte Carlo ones are empty
+        imp, columns = None, {"importance_failed": str(exc)}
+    else:
+        columns = _importance_columns(imp)
     if posterior is not None:
         exact = dataclasses.asdict(policy_metrics(task, policy, posterior))  # every figure the Row has a column for
         columns.update(scored=EXACT, **{k: v for k, v in exact.items() if k in _ROW_COLUMNS})
+    elif imp is None:
+        columns.update(scored=MONTE_CARLO)
     else:  # E_q[log w] = ELBO(q); E_q[r]; KL(q‖π0)
         draws = imp.samples
         columns.update(
@@ -364,7 +389,8 @@ class TrainedMethod(Method):
             settings=settings,
             **columns,
         )
-        return MethodResult(row=row, inference_data=importance_inference_data(task, imp, self.name), fit=result)
+        idata = importance_inference_data(task, imp, self.name) if imp is not None else None
+        return MethodResult(row=row, inference_data=idata, fit=result)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -403,15 +429,26 @@ class ImportanceMethod(Method):
 
     def run(self, context: RunContext) -> MethodResult:
         from .diagnostics import importance_inference_data
-        from .infer.importance import importance_sample
+        from .infer.importance import NoSupportError, importance_sample
         from .infer.mcmc import total_variation
 
         task, config, posterior = context.task, context.config, context.posterior
         num_samples = max(config.steps * config.num_sequences, config.eval_samples)
         t0 = time.perf_counter()
-        imp = importance_sample(
-            task, None, num_samples=num_samples, chunk_size=max(config.num_sequences, 4096), seed=config.seed
-        )
+        try:
+            imp = importance_sample(
+                task, None, num_samples=num_samples, chunk_size=max(config.num_sequences, 4096), seed=config.seed
+            )
+        except NoSupportError as exc:  # the other rows are still written; this one says why it is empty
+            row = Row(
+                method=self.name,
+                scored=MONTE_CARLO,
+                reward_evaluations=num_samples,
+                wall_seconds=time.perf_counter() - t0,
+                settings={"proposal": "prior"},
+                importance_failed=str(exc),
+            )
+            return MethodResult(row=row)
         wall = time.perf_counter() - t0
         row = Row(
             method=self.name,

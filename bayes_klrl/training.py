@@ -16,6 +16,8 @@ import dataclasses
 import hashlib
 import math
 import random
+import signal
+import threading
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -451,6 +453,33 @@ def load_trainable_state(policy: AutoregressiveLM, state: dict[str, torch.Tensor
         raise ValueError(f"unknown keys {result.unexpected_keys[:3]}, missing {missing[:3]}")
 
 
+class _DeferredInterrupt:
+    """While active (in the main thread), the first Ctrl-C only sets ``requested``: the step under way finishes and
+    the caller checkpoints at the step boundary, so the random stream and the parameters in the checkpoint are
+    exactly those an uninterrupted run has there. A second Ctrl-C interrupts at once, as usual."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is (
+            signal.default_int_handler
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
 def fit(
     trainer: Trainer,
     *,
@@ -581,22 +610,28 @@ def fit(
     step = start_step
     bar = tqdm(total=steps, initial=start_step, desc=trainer.method, disable=None if progress else True, leave=False)
     # (disable=None: bars only on a terminal, never as megabytes of carriage returns in a log file)
+    interrupted = _DeferredInterrupt()
     try:
-        while step < steps:
-            t0 = time.perf_counter()
-            stats = trainer.reduce_stats(trainer.step())
-            wall += time.perf_counter() - t0
-            step += 1
-            bar.update(1)
-            if step % log_every == 0 or step == steps:
-                row = log(step, stats)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items() if isinstance(v, float)}, refresh=False)
-                if stop is not None and stop(row):
-                    break
-            if checkpoint_every and step % checkpoint_every == 0:
-                save(step)
+        with interrupted:
+            while step < steps and not interrupted.requested:
+                t0 = time.perf_counter()
+                stats = trainer.reduce_stats(trainer.step())
+                wall += time.perf_counter() - t0
+                step += 1
+                bar.update(1)
+                if step % log_every == 0 or step == steps:
+                    row = log(step, stats)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items() if isinstance(v, float)}, refresh=False)
+                    if stop is not None and stop(row):
+                        break
+                if checkpoint_every and step % checkpoint_every == 0:
+                    save(step)
+        if interrupted.requested:  # Ctrl-C during a step: that step finished, so the checkpoint resumes exactly
+            save(step)
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
-        save(step)
+        if not interrupted.requested:  # interrupted outside the deferral (a worker thread, a second Ctrl-C)
+            save(step)
         raise
     finally:
         bar.close()
