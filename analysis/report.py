@@ -53,6 +53,7 @@ MODULES = (
     "mcmc_diagnostics",
     "recipes",
     "trl_curves",
+    "smc_bounds",
 )
 
 

@@ -184,7 +184,7 @@ def _compare(args) -> int:
 
 
 def _run(args, config, task, path, out, rank, world_size, say) -> int:
-    from .compare import format_table, run_compare, save_comparison
+    from .compare import bounds_table, format_table, run_compare, save_comparison
     from .diagnostics import reading_notes
     from .methods import trained_methods
     from .task import RewardError, resolve_policy_kind
@@ -208,6 +208,10 @@ def _run(args, config, task, path, out, rank, world_size, say) -> int:
         print(f"exact: log Z = {p.log_z:.6f}, E[r] = {p.expected_reward:.4f}, H = {p.entropy:.4f} nats")
     rows = [row.to_dict() for row in comparison.rows]
     print(format_table(rows))
+    bounds = bounds_table(rows)
+    if bounds is not None:
+        print("log Z bounds (smc) and KL brackets, Monte Carlo; exact figures beside them where enumerable:")
+        print(bounds)
     for note in reading_notes(rows):
         print(note)
     for row in rows:

@@ -25,19 +25,20 @@ from pathlib import Path
 
 from .config import check_choices, option
 from .exact import ExactPosterior, exact_posterior
-from .methods import METHODS, OPTIMIZER_OPTIONS, MethodResult, Row, RunContext, trained_methods
+from .methods import METHODS, OPTIMIZER_OPTIONS, MethodResult, Row, RunContext, bracket_rows, trained_methods
 from .storage import write_csv, write_json
 from .task import DEFAULT_MAX_ENUMERATION, Task
 
 __all__ = [
     "CompareConfig",
     "Comparison",
-    "run_compare",
-    "save_comparison",
-    "format_table",
-    "prepare_output",
+    "bounds_table",
     "claim_output",
     "earlier_run_files",
+    "format_table",
+    "prepare_output",
+    "run_compare",
+    "save_comparison",
 ]
 
 
@@ -85,6 +86,12 @@ def _training_choices(name: str) -> tuple[str, ...]:
     from . import training
 
     return getattr(training, name)
+
+
+def _smc_twists() -> tuple[str, ...]:
+    from .infer.twists import TWISTS
+
+    return TWISTS
 
 
 def _kl_estimators() -> tuple[str, ...]:
@@ -147,6 +154,19 @@ class CompareConfig:
     chains: int = option(8, "MCMC chains, run as one batch")
     draws: int = option(1000, "MCMC draws kept per chain")
     warmup: int = option(200, "MCMC warm-up steps per chain, discarded")
+    particles: int = option(256, "smc: particles per SMC run")
+    smc_runs: int = option(16, "smc: independent SMC runs, and as many conditional runs on exact posterior draws")
+    twist: str = option("learned", "smc: the twist (look-ahead) of the intermediate targets: none (bootstrap), exact "
+                        "(the soft value, enumerable tasks), learned (contrastive twist learning), policy (log q - "
+                        "log pi0 of --twist-policy: importance sampling with it)", choices=lambda: _smc_twists())  # fmt: skip
+    resample_threshold: float = option(0.5, "smc: resample a run when its normalized ESS falls below this (0: never)")
+    twist_steps: int = option(200, "smc --twist learned: contrastive twist-learning steps of --num-sequences particles")
+    twist_lr: float = option(0.05, "smc --twist learned: Adam learning rate of the twist")
+    twist_policy: str = option("rl", "smc --twist policy: the trained method whose policy is the twist",
+                               choices=lambda: trained_methods())  # fmt: skip
+    max_rejection_draws: int = option(
+        1_000_000, "smc: most prior draws rejection sampling may make for exact posterior draws (tasks with reward_max)"
+    )
 
     def __post_init__(self):
         methods = self.methods
@@ -187,6 +207,14 @@ class CompareConfig:
         check_choices(self)  # every field declared with choices (the methods were checked above, by name)
         if self.chains < 1 or self.draws < 4 or self.warmup < 0:
             raise ValueError("chains must be >= 1, draws >= 4 and warmup >= 0")
+        for flag, value, low in (("--particles", self.particles, 1), ("--smc-runs", self.smc_runs, 1),
+                                 ("--twist-steps", self.twist_steps, 0), ("--max-rejection-draws", self.max_rejection_draws, 1)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{flag} must be an integer >= {low}, got {value!r}")
+        if not (0.0 <= self.resample_threshold <= 1.0):
+            raise ValueError(f"--resample-threshold must be in [0, 1], got {self.resample_threshold}")
+        if not (math.isfinite(self.twist_lr) and self.twist_lr > 0):
+            raise ValueError(f"--twist-lr must be a finite number > 0, got {self.twist_lr}")
         for method in self.methods:
             try:
                 METHODS[method].check(self)
@@ -363,6 +391,11 @@ def run_compare(
         t0 = time.perf_counter()
         posterior = exact_posterior(task, max_sequences=config.max_enumeration)
         exact_seconds = time.perf_counter() - t0
+    for name in config.methods:  # refusals that need the task, before any method runs
+        try:
+            METHODS[name].check_task(task, config, enumerable)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
     results: dict[str, MethodResult] = {}
     for name in config.methods:
         context = RunContext(
@@ -375,6 +408,7 @@ def run_compare(
             progress=progress,
         )
         results[name] = METHODS[name].run(context)
+    results = bracket_rows(task, results)  # with smc in the run: every trained policy's KL bracket
     return Comparison(task=task, config=config, results=results, posterior=posterior)
 
 
@@ -410,6 +444,32 @@ def _files_of_earlier_run(out: Path) -> list[str]:
     except (OSError, ValueError, AttributeError):
         return []
     return [f for f in files if isinstance(f, str) and "/" not in f and "\\" not in f]
+
+
+#: the columns of the bounds table ``compare`` prints when ``smc`` ran
+BOUNDS_COLUMNS = (
+    "method",
+    "log_z_lower",
+    "log_z",
+    "log_z_upper",
+    "kl_q_to_posterior_lower",
+    "kl_q_to_posterior",
+    "kl_q_to_posterior_upper",
+    "kl_posterior_to_q_lower",
+    "kl_posterior_to_q",
+    "kl_posterior_to_q_upper",
+)
+
+
+def bounds_table(rows: Sequence[Row | dict]) -> str | None:
+    """The bounds on log Z and the KL brackets beside the exact figures (when the task is enumerable), as a text
+    table of the rows that have them; ``None`` when no ``smc`` ran."""
+    rows = [r.to_dict() if isinstance(r, Row) else r for r in rows]
+    keep = [r for r in rows if r.get("log_z_lower") is not None or r.get("kl_q_to_posterior_lower") is not None]
+    if not keep:
+        return None
+    exact = [r for r in rows if r["method"] == "exact"]
+    return format_table(exact + keep, BOUNDS_COLUMNS)
 
 
 def format_table(rows: Sequence[Row | dict], columns: Sequence[str] | None = None) -> str:

@@ -52,6 +52,7 @@ __all__ = [
     "load_netcdf",
     "mcmc_inference_data",
     "save_netcdf",
+    "smc_inference_data",
     "reading_notes",
     "scalar_diagnostics",
 ]
@@ -173,6 +174,52 @@ def importance_inference_data(task: Task, result: ImportanceResult, method: str 
     return idata
 
 
+def smc_inference_data(task: Task, result, *, seed: int = 0) -> tuple[az.InferenceData, torch.Tensor]:
+    r"""SMC particles as InferenceData, one chain per run, and the resampled tokens ``(K N, T)``.
+
+    - ``posterior``: each run's final particles *resampled* (multinomially, with ``seed``) in proportion to
+      their weights, so ArviZ may read them as equally weighted draws of :math:`\pi^*`;
+    - ``log_likelihood``: ``reward_over_beta`` :math:`= r/eta` of those draws;
+    - ``particles`` (a group of this package, ``weighted = 1``): the final particles as SMC left them, with
+      their ``log_weight``; ``attrs`` hold each run's ``log_z``.
+    """
+    import arviz as az
+    import xarray as xr
+
+    k, n, length = result.tokens.shape
+    generator = torch.Generator().manual_seed(seed)
+    finite = torch.isfinite(torch.logsumexp(result.log_weights, -1))  # (K,) runs with some mass
+    probs = torch.where(finite[:, None], torch.softmax(result.log_weights, -1), torch.full((k, n), 1.0 / n))
+    index = torch.multinomial(probs.double(), n, replacement=True, generator=generator)  # (K, N)
+    tokens = result.tokens.gather(1, index[..., None].expand(k, n, length))  # (K, N, T)
+    reward = result.reward.gather(1, index)
+    log_prior = result.log_prior.gather(1, index)
+    posterior = {
+        "tokens": _np(tokens).astype(np.int64),
+        "reward": _np(reward),
+        "log_prior": _np(log_prior),
+        "reward_over_beta": _np(reward / task.beta),
+    }
+    attrs = _attrs(task, "smc", False, log_z_runs=_np(result.log_z).tolist(), conditional=int(result.conditional))
+    idata = az.from_dict(
+        posterior=posterior,
+        log_likelihood={"reward_over_beta": posterior["reward_over_beta"]},
+        dims={"tokens": ["position"]},
+        coords={"position": np.arange(length)},
+    )
+    particles = {
+        "tokens": (("chain", "draw", "position"), _np(result.tokens).astype(np.int64)),
+        "reward": (("chain", "draw"), _np(result.reward)),
+        "log_prior": (("chain", "draw"), _np(result.log_prior)),
+        "log_weight": (("chain", "draw"), _np(result.log_weights)),
+    }
+    idata.add_groups({"particles": xr.Dataset(particles, coords={"position": np.arange(length)})})
+    for group in idata.groups():
+        idata[group].attrs.update(attrs)
+    idata.particles.attrs["weighted"] = 1
+    return idata, tokens.reshape(k * n, length)
+
+
 def diagnostics_table(idata: az.InferenceData, var_names=SCALAR_SUMMARIES):
     """R-hat, bulk and tail ESS and MCSE of the scalar summaries: a :class:`pandas.DataFrame` indexed by
     variable, columns ``mcse_mean, mcse_sd, ess_bulk, ess_tail, r_hat`` (``az.summary(kind="diagnostics")``).
@@ -245,6 +292,9 @@ def reading_notes(rows: list[dict]) -> list[str]:
                 "KL(q||pi*) is inf and its ELBO -inf (as for any policy with full support); read "
                 f"kl_feasible_to_posterior = {row['kl_feasible_to_posterior']:.4g}, kl_posterior_to_q and tv_to_posterior"
             )
+        if row["method"] == "smc" and row.get("log_z_upper") is None and "log_z_lower" in row:
+            reason = str(row.get("exact_draws", "")).removeprefix("none: ")
+            notes.append(f"note: smc gives the lower bound on log Z only: {reason}")
         if row.get("khat_label") == "unreliable" and row["method"] != "is":
             notes.append(
                 f"note: {row['method']} k-hat unreliable ({row.get('khat_reason') or 'k-hat above 0.7'}): the "

@@ -103,6 +103,28 @@ class Row:
         "hard constraints: KL(q_F || pi*), q conditioned on the feasible set"
     )
     expected_reward_feasible: float | None = _column("hard constraints: E_q[r | feasible]")
+    log_z_lower: float | None = _column(
+        "smc: mean log Z-hat of the SMC runs, a lower bound on log Z in expectation (log_z: the runs' Z-hat pooled)"
+    )
+    log_z_lower_se: float | None = _column("smc: standard error of log_z_lower over the runs")
+    log_z_upper: float | None = _column(
+        "smc: mean log Z-hat of the conditional SMC runs (one particle an exact posterior draw), an upper bound on "
+        "log Z in expectation; null when the task has no exact draws (too large to enumerate, no reward_max)"
+    )
+    log_z_upper_se: float | None = _column("smc: standard error of log_z_upper over the runs")
+    resampling_steps: float | None = _column("smc: resampling steps per run, mean over the runs")
+    kl_q_to_posterior_lower: float | None = _column(
+        "with smc in the run: log_z_lower - ELBO-hat(q), a lower end on KL(q || pi*) (Monte Carlo; clipped at 0)"
+    )
+    kl_q_to_posterior_upper: float | None = _column(
+        "with smc in the run: log_z_upper - ELBO-hat(q), an upper end on KL(q || pi*) (null: no upper bound)"
+    )
+    kl_posterior_to_q_lower: float | None = _column(
+        "with smc and exact draws: EUBO-hat(q) - log_z_upper, a lower end on KL(pi* || q) (clipped at 0)"
+    )
+    kl_posterior_to_q_upper: float | None = _column(
+        "with smc and exact draws: EUBO-hat(q) - log_z_lower, an upper end on KL(pi* || q)"
+    )
     settings: Mapping[str, Any] = field(
         default_factory=dict, metadata={"help": "the method's own options (kernel, proposal, estimator, recipe)"}
     )
@@ -156,11 +178,17 @@ class MethodResult:
     :ivar row: its line of the comparison.
     :ivar inference_data: its draws as :class:`arviz.InferenceData` (saved as ``<method>.nc``), or ``None``.
     :ivar fit: the training record of a trained method (policy, learning curve), or ``None``.
+    :ivar draws: a trained policy's own draws, scored (:class:`~bayes_klrl.samples.ScoredSamples` with ``log_q``),
+        from which its ELBO is estimated for a KL bracket, or ``None``.
+    :ivar bounds: the ``smc`` method's :class:`~bayes_klrl.infer.bounds.LogZBounds`, which bracket every trained
+        policy's distance to the posterior, or ``None``.
     """
 
     row: Row
     inference_data: Any = None
     fit: FitResult | None = None
+    draws: Any = None
+    bounds: Any = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +221,10 @@ class Method(ABC):
 
     def check(self, config: Any) -> None:  # noqa: B027 (a no-op hook, as in Pyro's MCMCKernel)
         """Refuse settings this method cannot run with (hook; called for every method before any runs)."""
+
+    def check_task(self, task: Task, config: Any, enumerable: bool) -> None:  # noqa: B027 (a no-op hook)
+        """Refuse a task this method cannot run on with these settings (hook; called for every method with the
+        task loaded, before any runs)."""
 
 
 #: the optimizer settings every trained method takes (:class:`~bayes_klrl.training.OptimizerSettings`)
@@ -390,7 +422,8 @@ class TrainedMethod(Method):
             **columns,
         )
         idata = importance_inference_data(task, imp, self.name) if imp is not None else None
-        return MethodResult(row=row, inference_data=idata, fit=result)
+        draws = imp.samples if imp is not None else None
+        return MethodResult(row=row, inference_data=idata, fit=result, draws=draws)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -525,6 +558,165 @@ class MCMCMethod(Method):
         return MethodResult(row=row, inference_data=idata)
 
 
+class SMCMethod(Method):
+    name, label = "smc", "SMC bounds on log Z"
+    description = (
+        "(twisted) sequential Monte Carlo: log Z bracketed by SMC (lower) and conditional SMC on exact posterior "
+        "draws (upper); brackets every trained policy's KL to pi*"
+    )
+    options = (
+        "particles", "smc_runs", "twist", "resample_threshold", "twist_steps", "twist_lr", "twist_policy",
+        "max_rejection_draws",
+    )  # fmt: skip
+
+    def check(self, config) -> None:
+        if config.twist != "policy":
+            return
+        order = list(config.methods)
+        source = config.twist_policy
+        if source not in order or order.index(source) > order.index(self.name):
+            raise ValueError(f"--twist policy reads the policy of --twist-policy {source}: put {source} before smc")
+
+    def check_task(self, task: Task, config, enumerable: bool) -> None:
+        if config.twist == "exact" and not enumerable:
+            raise ValueError(
+                f"--twist exact needs the enumerated posterior; task '{task.name}' has {task.num_sequences:,} "
+                "sequences: use --twist learned, policy or none"
+            )
+
+    def _twist(self, context: RunContext):
+        from .infer.twists import PolicyTwist, TwistTrainer, ZeroTwist, exact_twist, learned_twist
+
+        task, config = context.task, context.config
+        if config.twist == "none":
+            return ZeroTwist(task.vocab_size), 0
+        if config.twist == "exact":
+            return exact_twist(task, context.posterior), 0
+        if config.twist == "policy":
+            return PolicyTwist(context.fits[config.twist_policy].policy), 0
+        twist = learned_twist(task, config.policy)
+        checkpoint_dir = context.checkpoint_dir / "smc_twist" if context.checkpoint_dir is not None else None
+        trainer = TwistTrainer(task, twist, config.num_sequences, lr=config.twist_lr)
+        result = fit(
+            trainer,
+            steps=config.twist_steps,
+            seed=config.seed,
+            log_every=config.log_every,
+            progress=context.progress,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=config.checkpoint_every,
+            resume=config.resume and checkpoint_dir is not None and (checkpoint_dir / "checkpoint.pt").exists(),
+            settings={
+                "task": task.name,
+                "beta": task.beta,
+                "length": task.length,
+                "vocab_size": task.vocab_size,
+                "task_fingerprint": task.fingerprint(),
+                "num_sequences": config.num_sequences,
+                "lr": config.twist_lr,
+                "seed": config.seed,
+                "policy": config.policy,
+            },
+        )
+        return twist, result.reward_evaluations
+
+    def run(self, context: RunContext) -> MethodResult:
+        from .diagnostics import smc_inference_data
+        from .infer.bounds import NoExactDraws, exact_posterior_draws, log_z_bounds
+        from .infer.mcmc import total_variation
+
+        task, config, posterior = context.task, context.config, context.posterior
+        t0 = time.perf_counter()
+        twist, twist_evaluations = self._twist(context)
+        try:
+            draws = exact_posterior_draws(  # one per conditional run, and enough to estimate each policy's EUBO
+                task,
+                max(config.smc_runs, config.eval_samples),
+                posterior=posterior,
+                seed=config.seed,
+                max_proposals=config.max_rejection_draws,
+                chunk_size=max(2, min(4096, 2**25 // task.vocab_size)),
+            )
+            source = draws.source
+        except NoExactDraws as exc:
+            draws, source = None, f"none: {exc}"
+        bounds = log_z_bounds(
+            task,
+            num_particles=config.particles,
+            num_runs=config.smc_runs,
+            twist=twist,
+            draws=draws,
+            resample_threshold=config.resample_threshold,
+            seed=config.seed,
+        )
+        wall = time.perf_counter() - t0
+        lower, upper = bounds.lower, bounds.upper
+        idata, resampled = smc_inference_data(task, lower, seed=config.seed)
+        row = Row(
+            method=self.name,
+            scored=MONTE_CARLO,
+            log_z=lower.log_z_pooled,
+            log_z_lower=bounds.log_z_lower,
+            log_z_lower_se=lower.log_z_se,
+            log_z_upper=bounds.log_z_upper,
+            log_z_upper_se=None if upper is None else upper.log_z_se,
+            ess=float(lower.ess.mean()),
+            resampling_steps=float(lower.resampling_steps.double().mean()),
+            expected_reward=_pooled_mean_reward(lower),
+            tv_to_posterior=(
+                total_variation(resampled, posterior.log_probs, task.vocab_size) if posterior is not None else None
+            ),
+            reward_evaluations=bounds.reward_evaluations + twist_evaluations,
+            wall_seconds=wall,
+            settings={
+                "twist": config.twist,
+                "particles": config.particles,
+                "smc_runs": config.smc_runs,
+                "resample_threshold": config.resample_threshold,
+                "exact_draws": source,
+                "rejection_acceptance": None if draws is None else draws.acceptance_rate,
+            },
+        )
+        return MethodResult(row=row, inference_data=idata, bounds=bounds)
+
+
+def _pooled_mean_reward(result) -> float:
+    r""":math:`\hat{\mathbb{E}}_{\pi^*}[r]` from SMC runs: each run's self-normalized mean weighted by its
+    :math:`\hat Z_k` (the runs pooled as one unbiased estimate of the unnormalized integral)."""
+    import torch
+
+    log_w = result.log_weights  # (K, N)
+    reward = torch.where(torch.isfinite(result.reward), result.reward, torch.zeros_like(result.reward))
+    within = torch.softmax(log_w, -1)  # (K, N)
+    run = torch.softmax(result.log_z, 0)  # (K,)
+    means = torch.nan_to_num((within * reward).sum(-1))  # (K,)
+    return float((run * means).sum())
+
+
+def bracket_rows(task: Task, results: Mapping[str, MethodResult]) -> dict[str, MethodResult]:
+    """Every trained method's row with its KL bracket from the ``smc`` row's bounds on log Z (unchanged when no
+    ``smc`` ran)."""
+    from .infer.bounds import kl_bracket
+
+    bounds = next((r.bounds for r in results.values() if r.bounds is not None), None)
+    if bounds is None:
+        return dict(results)
+    out = {}
+    for name, result in results.items():
+        if result.fit is not None and result.draws is not None:
+            bracket = kl_bracket(task, result.fit.policy, bounds, log_weights=result.draws.log_weight)
+            row = dataclasses.replace(
+                result.row,
+                kl_q_to_posterior_lower=bracket.kl_q_lower,
+                kl_q_to_posterior_upper=bracket.kl_q_upper,
+                kl_posterior_to_q_lower=bracket.kl_p_lower,
+                kl_posterior_to_q_upper=bracket.kl_p_upper,
+            )
+            result = dataclasses.replace(result, row=row)
+        out[name] = result
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the registry
 
@@ -643,3 +835,4 @@ register(
 )
 register(ImportanceMethod())
 register(MCMCMethod())
+register(SMCMethod())

@@ -84,6 +84,10 @@ class Task:
     :param int length: number of tokens :math:`T` per sequence, ≥ 1.
     :param str name: a short name used in outputs.
     :param decode: optional ``LongTensor (N, T) -> list[str]`` for word tasks.
+    :param reward_max: optional declared upper bound :math:`r_{\max} \ge r(x)` for every sequence (a binary
+        reward: 1; a hard constraint: 0). It makes exact posterior draws possible by rejection from the prior
+        (:func:`~bayes_klrl.infer.bounds.exact_posterior_draws`), and so an upper bound on :math:`\log Z` on
+        tasks too large to enumerate; a reward above it is an error naming the value.
 
     Example::
 
@@ -99,6 +103,7 @@ class Task:
     length: int
     name: str = "task"
     decode: Callable[[torch.Tensor], list[str]] | None = None
+    reward_max: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.prior, AutoregressiveLM):
@@ -112,6 +117,12 @@ class Task:
         if not callable(self.reward):
             raise ValueError(f"reward must be callable, got {type(self.reward).__name__}")
         object.__setattr__(self, "beta", float(self.beta))
+        if self.reward_max is not None:
+            if isinstance(self.reward_max, bool) or not isinstance(self.reward_max, (int, float)):
+                raise ValueError(f"reward_max must be a number or None, got {self.reward_max!r}")
+            if not math.isfinite(self.reward_max):
+                raise ValueError(f"reward_max must be finite, got {self.reward_max}")
+            object.__setattr__(self, "reward_max", float(self.reward_max))
         # the prior is left as given (its requires_grad flags are the caller's): every evaluation of it in the
         # package runs without gradients. One probe call so a wrong shape, dtype or NaN is caught before any run.
         with torch.no_grad():
@@ -138,7 +149,14 @@ class Task:
             raise
         except Exception as exc:  # a user's reward raising is reported with its message
             raise RewardError(f"reward function raised {type(exc).__name__}: {exc}") from exc
-        return check_rewards(out, sequences.shape[0])
+        out = check_rewards(out, sequences.shape[0])
+        if self.reward_max is not None:
+            above = out > self.reward_max
+            if above.any():
+                raise RewardError(
+                    f"reward {float(out[above].max()):.6g} exceeds the task's declared reward_max {self.reward_max:g}"
+                )
+        return out
 
     def log_likelihood(self, sequences: torch.Tensor) -> torch.Tensor:
         r""":math:`r(x)/\beta`, shape ``(N,)``."""

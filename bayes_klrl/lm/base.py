@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["AutoregressiveLM", "sample_categorical"]
+__all__ = ["AutoregressiveLM", "sample_categorical", "select_rows"]
 
 
 def sample_categorical(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -36,6 +36,20 @@ def sample_categorical(logits: torch.Tensor, generator: torch.Generator | None =
     """
     probs = torch.softmax(logits.detach(), dim=-1)
     return torch.multinomial(probs, 1, replacement=True, generator=generator).squeeze(-1)
+
+
+def select_rows(value: Any, index: torch.Tensor) -> Any:
+    """``value`` with every tensor indexed by ``index`` along dim 0 (nested tuples, lists, dicts walked; 0-dim
+    tensors and other values kept as they are)."""
+    if isinstance(value, torch.Tensor):
+        return value[index.to(value.device)] if value.dim() > 0 else value
+    if isinstance(value, tuple):
+        return tuple(select_rows(v, index) for v in value)
+    if isinstance(value, list):
+        return [select_rows(v, index) for v in value]
+    if isinstance(value, dict):
+        return {k: select_rows(v, index) for k, v in value.items()}
+    return value
 
 
 class AutoregressiveLM(nn.Module):
@@ -60,6 +74,21 @@ class AutoregressiveLM(nn.Module):
     @abstractmethod
     def step(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         """Feed ``tokens`` ``(N,)`` at the next position; return the next logits ``(N, V)`` and state."""
+
+    def select_state(self, state: Any, index: torch.Tensor) -> Any:
+        """The state of the sequences ``index`` ``(M,)`` (rows of the batch, repeats allowed): what resampling
+        particles needs (:mod:`bayes_klrl.infer.smc`). The default indexes every tensor in the state along its
+        first dimension (tuples, lists and dicts are walked; other values are kept); a subclass whose state holds
+        something else (a Hugging Face cache object) overrides it.
+
+        Example::
+
+            >>> lm = MarkovLM(torch.zeros(3), torch.zeros(3, 3))
+            >>> logits, state = lm.start(4)
+            >>> lm.select_state(state, torch.tensor([0, 0, 3])) is None
+            True
+        """
+        return select_rows(state, index)
 
     # -- derived -----------------------------------------------------------------------
     @property

@@ -446,6 +446,12 @@ class HFCausalLM(AutoregressiveLM):
             cache.batch_repeat_interleave(num_sequences)
         return logits[:, -1].expand(num_sequences, -1), _DecodeState(cache, self.prompt_length)
 
+    def select_state(self, state: _DecodeState, index: torch.Tensor) -> _DecodeState:
+        """The decoding state of rows ``index`` ``(M,)`` (resampling SMC particles): the KV cache is reordered in
+        place (``Cache.reorder_cache``), so the state given is not to be used again."""
+        state.cache.reorder_cache(index.to(self.device))
+        return _DecodeState(state.cache, state.length)
+
     def step(self, tokens: torch.Tensor, state: _DecodeState) -> tuple[torch.Tensor, _DecodeState]:
         """Feed ``tokens`` ``(N,)``; logits ``(N, V)`` of the next one. The state's cache is updated in place."""
         logits, cache = self._forward(self.model_ids(tokens)[:, None], state.cache, state.length)  # (N, 1, V)

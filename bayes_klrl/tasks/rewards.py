@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["KeywordCount", "KeywordConstraint", "LexiconScore"]
+__all__ = ["KeywordCount", "KeywordConstraint", "LexiconScore", "PatternPresence"]
 
 
 def _token_set(tokens: Iterable[int] | int) -> tuple[int, ...]:
@@ -43,6 +43,34 @@ class KeywordCount:
 
     def __call__(self, sequences: torch.Tensor) -> torch.Tensor:
         return self.scale * _is_keyword(sequences, self.keywords).sum(-1).to(torch.get_default_dtype())
+
+
+@dataclass(frozen=True)
+class PatternPresence:
+    r""":math:`r(x) = 1` if the tokens ``pattern`` occur consecutively somewhere in :math:`x`, else 0 (a binary reward,
+    bounded above by 1: exact posterior draws by rejection need ``Task(..., reward_max=1)``).
+
+    Example::
+
+        >>> PatternPresence(pattern=(3, 4))(torch.tensor([[0, 3, 4], [4, 3, 0]]))
+        tensor([1., 0.])
+    """
+
+    pattern: tuple[int, ...]
+
+    def __post_init__(self):
+        pattern = tuple(int(t) for t in self.pattern)
+        if not pattern:
+            raise ValueError("pattern must hold at least one token")
+        object.__setattr__(self, "pattern", pattern)
+
+    def __call__(self, sequences: torch.Tensor) -> torch.Tensor:
+        k = len(self.pattern)
+        found = torch.zeros(sequences.shape[0], dtype=torch.bool, device=sequences.device)
+        for start in range(sequences.shape[1] - k + 1):
+            window = sequences[:, start : start + k]
+            found |= (window == torch.tensor(self.pattern, device=sequences.device)).all(-1)
+        return found.to(torch.get_default_dtype())
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,10 @@ TINY = {
         "--tasks", "bandit", "--betas", "0.5", "--max-steps", "300", "--num-sequences", "256",
         "--log-every", "20", "--frontier-points", "20",
     ],
+    "smc_bounds": [
+        "--tasks", "markov", "--particles", "4,16", "--runs", "4", "--steps", "20", "--log-every", "10",
+        "--twist-steps", "10", "--num-sequences", "64", "--eval-samples", "64", "--bracket-particles", "16",
+    ],
     "trl_curves": [],  # reads the shipped results of benchmarks/trl_side_by_side.py; trains nothing
 }  # fmt: skip
 #: scripts whose tiny run takes more than ~10 s on 2 idle CPU cores (marked slow): none, the longest takes ~4 s
@@ -62,6 +66,7 @@ FIGURES = {
     "mcmc_diagnostics": ["mcmc_diagnostics.png"],
     "recipes": ["recipes_kl.png", "recipes_frontier.png"],
     "trl_curves": ["trl_curves.png"],
+    "smc_bounds": ["smc_bounds.png"],
 }
 DATA = {
     "learning_curves": ["history.csv", "gradient_variance.csv", "summary.json"],
@@ -72,6 +77,7 @@ DATA = {
     "mcmc_diagnostics": ["mcmc_gibbs.nc", "mcmc_imh.nc", "diagnostics.csv", "summary.json"],
     "recipes": ["fixed_points.csv", "closed_form.csv", "frontier.csv", "history.csv", "summary.json"],
     "trl_curves": ["curves.csv", "summary.json"],
+    "smc_bounds": ["bounds.csv", "bracket.csv", "summary.json"],
 }
 
 
