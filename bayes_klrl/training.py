@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import numbers
 import random
 import signal
 import threading
@@ -520,8 +521,12 @@ def fit(
         >>> result.reward_evaluations
         25600
     """
-    if isinstance(steps, bool) or int(steps) < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"steps must be a whole number >= 0, got {steps!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be a whole number, got {seed!r}")
+    if checkpoint_dir is not None and Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
+        raise ValueError(f"checkpoint_dir {checkpoint_dir} is a file, not a folder")
     if int(log_every) < 1:
         raise ValueError(f"log_every must be >= 1, got {log_every}")
     if int(checkpoint_every) < 0:

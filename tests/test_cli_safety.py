@@ -368,3 +368,25 @@ def test_the_docs_cite_only_what_the_repository_holds():
     numbers = {7: "seven", 8: "eight", 9: "nine", 10: "ten"}
     assert f"runs the {numbers[len(modules)]} analyses" in readme
     assert "run_mcmc(" in readme and "MCMCResult" in readme and "draws" in {f for f in MCMCResult.__dataclass_fields__}
+
+
+@pytest.mark.parametrize(
+    "keywords, message",
+    [
+        ({"steps": "10"}, "steps must be a whole number >= 0, got '10'"),
+        ({"steps": 2.5}, "steps must be a whole number >= 0, got 2.5"),
+        ({"seed": None}, "seed must be a whole number, got None"),
+        ({"checkpoint_dir": "A_FILE"}, "is a file, not a folder"),
+    ],
+    ids=["steps-text", "steps-fraction", "seed-none", "checkpoint-dir-file"],
+)
+def test_fit_refuses_bad_arguments_in_one_line(keywords, message, user_model, tmp_path):
+    from bayes_klrl import ReinforceTrainer, fit, load_task
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    keywords = {k: str(a_file) if v == "A_FILE" else v for k, v in keywords.items()}
+    task = load_task(str(user_model))
+    trainer = ReinforceTrainer(task, task.make_policy(), 8)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        fit(trainer, **{"steps": 2, "seed": 0, **keywords})
