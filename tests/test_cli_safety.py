@@ -390,3 +390,13 @@ def test_fit_refuses_bad_arguments_in_one_line(keywords, message, user_model, tm
     trainer = ReinforceTrainer(task, task.make_policy(), 8)
     with pytest.raises(ValueError, match=re.escape(message)):
         fit(trainer, **{"steps": 2, "seed": 0, **keywords})
+
+
+def test_an_unreachable_scheduler_address_is_refused_without_dask():
+    """The address check itself (a TCP connection, 5 s at most) needs no Dask: a closed port answers at once."""
+    from bayes_klrl.sweep import _check_scheduler
+
+    with pytest.raises(ValueError, match=r"--scheduler tcp://127.0.0.1:9: no Dask scheduler answers there"):
+        _check_scheduler("tcp://127.0.0.1:9")
+    with pytest.raises(ValueError, match="expected an address like tcp://host:8786"):
+        _check_scheduler("tcp://host-without-port")
