@@ -231,6 +231,8 @@ def _plan_sweep(args, config, given: dict) -> tuple:
         raise ValueError("--beta and --betas both given; use --betas")
     if args.betas is not None and any(not b > 0 for b in args.betas):
         raise ValueError(f"--betas: every beta must be > 0, got {','.join(f'{b:g}' for b in args.betas)}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     executor, workers = executor_from_args(args)
     runs = grid(
         args.model,

@@ -24,7 +24,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import contextlib
 import dataclasses
@@ -272,22 +271,12 @@ def add_executor_arguments(group) -> None:
                        help="where the runs go: this process (serial, default), a local pool of --workers "
                        "processes, or a Dask cluster (--scheduler, else a LocalCluster of --workers)")  # fmt: skip
     group.add_argument(
-        "--workers", type=_positive_int, default=None, help="processes of the pool or the LocalCluster (default 2)"
+        "--workers", type=int, default=None, help="processes of the pool or the LocalCluster (default 2)"
     )
     group.add_argument("--scheduler", default=None, metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786")
     group.add_argument(
-        "--threads", type=_positive_int, default=None, help="torch threads of each run on a pool or cluster (default 1)"
+        "--threads", type=int, default=None, help="torch threads of each run on a pool or cluster (default 1)"
     )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def executor_from_args(args) -> tuple[str, int]:

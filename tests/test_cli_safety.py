@@ -157,7 +157,7 @@ REFUSED = {
         ["--methods", "rl", "--seeds", "0,1", "--workers", "1000"],
         "--workers 1000 is more than the 2 run(s)",
     ),
-    "threads-0": (["--methods", "rl", "--seeds", "0,1", "--threads", "0"], "argument --threads: must be >= 1"),
+    "threads-0": (["--methods", "rl", "--seeds", "0,1", "--threads", "0"], "--threads must be >= 1, got 0"),
     "threads-no-sweep": (["--methods", "rl", "--threads", "2"], "--threads applies to sweeps"),
     "replay-past-run": (["--methods", "rl", "--replay", "5"], "--replay 5 keeps more batches than the run draws"),
     "warmup-past-end": (["--methods", "rl", "--warmup-steps", "5"], "--warmup-steps 5 runs past the end"),
