@@ -344,8 +344,10 @@ def claim_output(
     """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite both given: continue the earlier run or replace it, not both")
+    if str(out).strip() == "":
+        raise ValueError(f"{flag} is empty; give an output folder")
     out = Path(out)
-    if str(out).strip() and out.exists() and not out.is_dir():
+    if out.exists() and not out.is_dir():
         raise ValueError(f"{flag} {out} is a file, not a folder")
     found = earlier_run_files(out)
     if resume and not any(p.name == "checkpoint.pt" for p in found):
