@@ -11,10 +11,21 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import importlib.util
+import re
 import sys
 import warnings
 from pathlib import Path
+
+from . import compare  # called as compare.<name>, so that tests can replace compare.run_compare
+from .config import add_config_arguments, config_from_args, given_options
+from .diagnostics import reading_notes
+from .methods import METHODS, OPTIMIZER_OPTIONS, trained_methods
+from .modelfile import ModelFileError, describe_model, load_model, shipped_tasks
+from .sweep import add_executor_arguments, check_executor, executor_from_args, grid, run_sweep, save_sweep, sweep_rows
+from .task import DEFAULT_MAX_ENUMERATION, RewardError, resolve_policy_kind
+from .training import init_distributed_from_env
 
 __all__ = ["main", "build_parser"]
 
@@ -59,10 +70,6 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser. ``compare``'s options not given on the command line parse to ``None``, so a model
     file's ``COMPARE_DEFAULTS`` can fill them in below the command line."""
-    from .compare import CompareConfig
-    from .config import add_config_arguments
-    from .sweep import add_executor_arguments
-
     parser = _Parser(
         prog="bayes-klrl",
         description="KL-regularized RL as Bayesian inference: compare SVI, RL and exact posteriors on a task.",
@@ -98,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the earlier run in --out: its results and checkpoints are deleted before this run starts",
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    add_config_arguments(p.add_argument_group("comparison settings"), CompareConfig, skip=("max_enumeration",))
+    add_config_arguments(p.add_argument_group("comparison settings"), compare.CompareConfig, skip=("max_enumeration",))
     g = p.add_argument_group(
         "sweeps",
         "several seeds and/or betas: one comparison per (beta, seed) in DIR/beta<b>_seed<s>/, run through an "
@@ -144,21 +151,17 @@ def _script_main(name: str):
 
 
 def _compare(args) -> int:
-    from .compare import CompareConfig, claim_output, remove_if_empty
-    from .config import config_from_args, given_options
-    from .modelfile import load_model
-    from .training import init_distributed_from_env
-
     rank, world_size = init_distributed_from_env()  # under torchrun: data-parallel training, rank 0 reports
     say = print if rank == 0 else (lambda *a, **k: None)
     # the model file is imported once; its COMPARE_DEFAULTS sit below the command line
     task, from_file, path = load_model(args.model, **dict(args.overrides))
+    from_file = compare.check_compare_defaults(from_file, path)
     if args.beta is not None:
         if "beta" in dict(args.overrides):
             raise ValueError("--beta and --set beta=... both given; use one")
         task = task.replace(beta=args.beta)
-    config = config_from_args(CompareConfig, args, base=from_file)
-    given = given_options(CompareConfig, args)
+    config = config_from_args(compare.CompareConfig, args, base=from_file)
+    given = given_options(compare.CompareConfig, args)
     used = [k for k in from_file if k not in given]
     if used:
         say("model file defaults: " + ", ".join(f"{k}={from_file[k]}" for k in used))
@@ -173,22 +176,17 @@ def _compare(args) -> int:
                 raise ValueError(f"--{flag} applies to sweeps (--seeds, --betas or --executor)")
     plan = _plan_sweep(args, config, given) if sweeping else None  # every refusal before the folder is touched
     # an unusable folder, or one holding an earlier run, is found before any training
-    out, created = claim_output(args.out, resume=config.resume, overwrite=args.overwrite, clear=rank == 0)
+    out, created = compare.claim_output(args.out, resume=config.resume, overwrite=args.overwrite, clear=rank == 0)
     try:
         if plan is not None:
             return _sweep(args, out, *plan)
         return _run(args, config, task, path, out, rank, world_size, say)
     except BaseException:
-        remove_if_empty(created)  # a refused or interrupted run leaves no empty folder behind
+        compare.remove_if_empty(created)  # a refused or interrupted run leaves no empty folder behind
         raise
 
 
 def _run(args, config, task, path, out, rank, world_size, say) -> int:
-    from .compare import bounds_table, format_table, run_compare, save_comparison
-    from .diagnostics import reading_notes
-    from .methods import trained_methods
-    from .task import RewardError, resolve_policy_kind
-
     enumerable = f"{task.num_sequences:,} sequences, enumerable" if task.is_enumerable() else "not enumerable"
     say(f"task {task.name}: V={task.vocab_size}, T={task.length}, beta={task.beta:g} ({enumerable})")
     if any(m in trained_methods() for m in config.methods):
@@ -197,18 +195,18 @@ def _run(args, config, task, path, out, rank, world_size, say) -> int:
     if world_size > 1:
         say(f"data parallel: {world_size} ranks, {config.num_sequences // world_size} sequences each per step")
     try:
-        comparison = run_compare(task, config, checkpoint_dir=out, progress=not args.no_progress and rank == 0)
+        comparison = compare.run_compare(task, config, checkpoint_dir=out, progress=not args.no_progress and rank == 0)
     except RewardError as exc:  # the reward passed the construction check but failed on a later batch
         raise ValueError(f"model file '{path}': {exc}") from exc
     if rank != 0:  # the other ranks trained alongside; rank 0 writes and prints
         return 0
-    save_comparison(comparison, out)
+    compare.save_comparison(comparison, out)
     p = comparison.posterior
     if p is not None:
         print(f"exact: log Z = {p.log_z:.6f}, E[r] = {p.expected_reward:.4f}, H = {p.entropy:.4f} nats")
     rows = [row.to_dict() for row in comparison.rows]
-    print(format_table(rows))
-    bounds = bounds_table(rows)
+    print(compare.format_table(rows))
+    bounds = compare.bounds_table(rows)
     if bounds is not None:
         print("log Z bounds (smc) and KL brackets, Monte Carlo; exact figures beside them where enumerable:")
         print(bounds)
@@ -223,8 +221,6 @@ def _run(args, config, task, path, out, rank, world_size, say) -> int:
 
 def _plan_sweep(args, config, given: dict) -> tuple:
     """The sweep's runs, executor and workers, every flag checked (nothing is created or started)."""
-    from .sweep import check_executor, executor_from_args, grid
-
     if args.seeds is not None and "seed" in given:
         raise ValueError("--seed and --seeds both given; use --seeds")
     if args.betas is not None and args.beta is not None:
@@ -248,9 +244,6 @@ def _plan_sweep(args, config, given: dict) -> tuple:
 
 
 def _sweep(args, out: Path, runs, executor: str, workers: int) -> int:
-    from .compare import format_table
-    from .sweep import run_sweep, save_sweep, sweep_rows
-
     where = {"serial": "in this process", "process": f"on {workers} local processes"}.get(
         executor, f"on Dask ({args.scheduler or f'a LocalCluster of {workers} workers'})"
     )
@@ -259,7 +252,7 @@ def _sweep(args, out: Path, runs, executor: str, workers: int) -> int:
                         progress=not args.no_progress)  # fmt: skip
     save_sweep(results, out)
     columns = ["folder", "method", "kl_q_to_posterior", "elbo", "expected_reward", "wall_seconds"]
-    print(format_table(sweep_rows(results), columns))
+    print(compare.format_table(sweep_rows(results), columns))
     print(f"wrote {out / 'sweep.json'} and one folder per run")
     return 0
 
@@ -268,8 +261,6 @@ def unused_option_notes(config, given: dict) -> list[str]:
     """One line per option given on the command line that a chosen method does not read: none of them (the
     option is ignored), or some trained methods but not others (those ignore it: ``--kl-estimator k3`` with
     ``svi``). The optimizer settings and ``--policy`` are read by every trained method."""
-    from .methods import METHODS, OPTIMIZER_OPTIONS, trained_methods
-
     trained = trained_methods()
     readers: dict[str, list[str]] = {}
     for name, method in METHODS.items():
@@ -292,9 +283,6 @@ def unused_option_notes(config, given: dict) -> list[str]:
 
 
 def _tasks(args) -> int:
-    from .modelfile import ModelFileError, describe_model, shipped_tasks
-    from .task import DEFAULT_MAX_ENUMERATION
-
     tasks = shipped_tasks()
     if not tasks:
         print("no shipped tasks found (set BAYES_KLRL_MODELS to the models/ folder)")
@@ -335,12 +323,7 @@ def as_flags(message: str) -> str:
     """A library error about :class:`~bayes_klrl.compare.CompareConfig` fields, reworded with the flags the user
     typed: ``kl_in='reward'`` → ``--kl-in reward``, ``replay=None`` → ``--replay none``, ``group_size`` →
     ``--group-size``; a one-word field is a flag where it opens the message (``epochs and ...``)."""
-    import dataclasses
-    import re
-
-    from .compare import CompareConfig
-
-    names = {f.name for f in dataclasses.fields(CompareConfig)}
+    names = {f.name for f in dataclasses.fields(compare.CompareConfig)}
 
     def flag(name: str) -> str:
         return "--" + name.replace("_", "-")

@@ -14,6 +14,8 @@ Trained methods also keep ``<method>/checkpoint.pt`` in the output folder while 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import re
@@ -24,10 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import check_choices, option
+from .diagnostics import save_netcdf
 from .exact import ExactPosterior, exact_posterior
 from .methods import METHODS, OPTIMIZER_OPTIONS, MethodResult, Row, RunContext, bracket_rows, trained_methods
+from .methods.options import CHOICES
+from .modelfile import ModelFileError
 from .storage import write_csv, write_json
 from .task import DEFAULT_MAX_ENUMERATION, Task
+from .training import OptimizerSettings
 
 __all__ = [
     "CompareConfig",
@@ -35,6 +41,7 @@ __all__ = [
     "bounds_table",
     "claim_output",
     "earlier_run_files",
+    "check_compare_defaults",
     "format_table",
     "prepare_output",
     "run_compare",
@@ -43,61 +50,7 @@ __all__ = [
 
 
 def _method_names() -> tuple[str, ...]:
-    return tuple(METHODS)
-
-
-def _mcmc_kernels() -> tuple[str, ...]:
-    from .infer.mcmc import KERNELS
-
-    return ("auto", *KERNELS)
-
-
-def _estimators() -> tuple[str, ...]:
-    from .infer.svi import ESTIMATORS
-
-    return tuple(ESTIMATORS)
-
-
-def _recipe_choices(name: str) -> tuple[str, ...]:
-    from .rl import recipes
-
-    return getattr(recipes, name)
-
-
-def _kl_gradients() -> tuple[str, ...]:
-    from .estimators import KL_GRADIENTS
-
-    return KL_GRADIENTS
-
-
-def _model_choices(name: str) -> tuple[str, ...]:
-    from . import model
-
-    return getattr(model, name)
-
-
-def _policy_kinds() -> tuple[str, ...]:
-    from .task import POLICY_KINDS
-
-    return POLICY_KINDS
-
-
-def _training_choices(name: str) -> tuple[str, ...]:
-    from . import training
-
-    return getattr(training, name)
-
-
-def _smc_twists() -> tuple[str, ...]:
-    from .infer.twists import TWISTS
-
-    return TWISTS
-
-
-def _kl_estimators() -> tuple[str, ...]:
-    from .rl import KL_ESTIMATORS
-
-    return KL_ESTIMATORS
+    return tuple(METHODS)  # a function: the registry may grow after this module is imported
 
 
 @dataclass(frozen=True)
@@ -109,34 +62,34 @@ class CompareConfig:
     num_sequences: int = option(1024, "sequences (and reward evaluations) per step, the same for every method")
     lr: float = option(0.02, "(peak) learning rate of every trained method")
     optimizer: str = option("adam", "optimizer of every trained method (adamw: decoupled weight decay)",
-                            choices=lambda: _training_choices("OPTIMIZERS"))  # fmt: skip
+                            choices=CHOICES["optimizer"])  # fmt: skip
     weight_decay: float = option(0.0, "weight decay (adam: added to the gradient; adamw: decoupled)")
     lr_schedule: str = option("constant", "learning-rate schedule after the warm-up (linear, cosine: decay to 0)",
-                              choices=lambda: _training_choices("LR_SCHEDULES"))  # fmt: skip
+                              choices=CHOICES["lr_schedule"])  # fmt: skip
     warmup_steps: int = option(0, "optimizer steps of linear learning-rate warm-up from 0")
     max_grad_norm: float | None = option(None, "clip the gradient's global L2 norm to this (none: no clipping)")
     seed: int = option(0, "seeds every method's run alike")
     policy: str = option("auto", "the policy: tabular (a logit table per prefix), full (a trainable copy of the prior), "
                          "lora (Hugging Face priors), auto (lora for Hugging Face priors, else tabular when it fits, "
-                         "else full); copy = full", choices=_policy_kinds)  # fmt: skip
-    estimator: str = option("loo", "SVI gradient estimator", choices=_estimators)
+                         "else full); copy = full", choices=CHOICES["policy"])  # fmt: skip
+    estimator: str = option("loo", "SVI gradient estimator", choices=CHOICES["estimator"])
     kl_gradient: str | None = option(
         None, "svi and the KL-in-reward recipes: the KL term's gradient from the sampled log-ratio or the exact "
-        "per-token KL over the vocabulary (analytic, Rao-Blackwellized; none: sampled)", choices=_kl_gradients)  # fmt: skip
+        "per-token KL over the vocabulary (analytic, Rao-Blackwellized; none: sampled)", choices=CHOICES["kl_gradient"])  # fmt: skip
     sites: str | None = option(None, "SVI's sample sites: one sequence-level site scored in one pass, or one per "
-                               "token (none: the estimator's own)", choices=lambda: _model_choices("SITES"))  # fmt: skip
+                               "token (none: the estimator's own)", choices=CHOICES["sites"])  # fmt: skip
     kl_estimator: str | None = option(
         None, "per-token KL estimator (none: each method's own, k1 for rl and ppo, k3 for the GRPO recipes)",
-        choices=_kl_estimators)  # fmt: skip
+        choices=CHOICES["kl_estimator"])  # fmt: skip
     kl_target: float | None = option(None, "PPO adaptive-KL target in nats (none: beta stays fixed)")
     kl_in: str | None = option(None, "recipes: the KL in the reward, in the loss, or none (none: the method's own)",
-                               choices=lambda: _recipe_choices("KL_PLACES"))  # fmt: skip
+                               choices=CHOICES["kl_in"])  # fmt: skip
     kl_ratio_correction: bool | None = option(None, "recipes: multiply an in-loss KL term by q/q_old")
     advantage: str | None = option(None, "recipes: leave-one-out, group-centred or group-standardized advantage",
-                                   choices=lambda: _recipe_choices("ADVANTAGES"))  # fmt: skip
+                                   choices=CHOICES["advantage"])  # fmt: skip
     group_size: int | None = option(None, "recipes: sequences per group of a group advantage (GRPO presets: 16)")
     normalization: str | None = option(None, "recipes: per-sequence 1/|x| or constant normalization of the loss",
-                                       choices=lambda: _recipe_choices("NORMALIZATIONS"))  # fmt: skip
+                                       choices=CHOICES["normalization"])  # fmt: skip
     epochs: int | None = option(None, "recipes and ppo: passes over each batch (clipped ratio when > 1)")
     minibatches: int | None = option(None, "recipes and ppo: minibatches per pass")
     clip: float | None = option(None, "recipes and ppo: clip range epsilon of the importance ratio")
@@ -148,7 +101,7 @@ class CompareConfig:
     checkpoint_every: int = option(0, "steps between checkpoints (0: only at the end and on Ctrl-C)")
     resume: bool = option(False, "continue trained methods from their checkpoints in the output folder")
     mcmc_kernel: str = option("auto", "MCMC kernel (auto: Gibbs up to 256 tokens with the prior, else imh)",
-                              choices=_mcmc_kernels)  # fmt: skip
+                              choices=CHOICES["mcmc_kernel"])  # fmt: skip
     mcmc_proposal: str = option("prior", "independence-MH proposal: the prior or a policy trained earlier in the run",
                                 choices=lambda: ("prior", *trained_methods()))  # fmt: skip
     chains: int = option(8, "MCMC chains, run as one batch")
@@ -158,7 +111,7 @@ class CompareConfig:
     smc_runs: int = option(16, "smc: independent SMC runs, and as many conditional runs on exact posterior draws")
     twist: str = option("learned", "smc: the twist (look-ahead) of the intermediate targets: none (bootstrap), exact "
                         "(the soft value, enumerable tasks), learned (contrastive twist learning), policy (log q - "
-                        "log pi0 of --twist-policy: importance sampling with it)", choices=lambda: _smc_twists())  # fmt: skip
+                        "log pi0 of --twist-policy: importance sampling with it)", choices=CHOICES["twist"])  # fmt: skip
     resample_threshold: float = option(0.5, "smc: resample a run when its normalized ESS falls below this (0: never)")
     twist_steps: int = option(200, "smc --twist learned: contrastive twist-learning steps of --num-sequences particles")
     twist_lr: float = option(0.05, "smc --twist learned: Adam learning rate of the twist")
@@ -183,9 +136,9 @@ class CompareConfig:
             raise ValueError(f"method(s) {', '.join(repeated)} given more than once in methods")
         if self.steps < 0 or self.num_sequences < 2 or self.eval_samples < 2:
             raise ValueError("steps must be >= 0, num_sequences and eval_samples >= 2")
-        from .training import OptimizerSettings  # checks lr, weight decay, warm-up and clipping in one place
-
-        optimizer = OptimizerSettings(lr=self.lr, **{name: getattr(self, name) for name in OPTIMIZER_OPTIONS})
+        optimizer = OptimizerSettings(  # checks lr, weight decay, warm-up and clipping in one place
+            lr=self.lr, **{name: getattr(self, name) for name in OPTIMIZER_OPTIONS}
+        )
         if self.steps:
             optimizer.horizon(self.steps)  # a decay with no steps left after the warm-up
         if self.steps and self.warmup_steps > self.steps:
@@ -220,6 +173,19 @@ class CompareConfig:
                 METHODS[method].check(self)
             except ValueError as exc:  # say which method refuses (--replay with the default methods: grpo)
                 raise ValueError(f"{method}: {exc}") from None
+
+
+def check_compare_defaults(defaults: dict, path: str | os.PathLike) -> dict:
+    """A model file's ``COMPARE_DEFAULTS`` (from :func:`bayes_klrl.modelfile.load_model`), checked: every name is a
+    :class:`CompareConfig` field, else a one-line :class:`~bayes_klrl.modelfile.ModelFileError` naming the file."""
+    known = {f.name for f in dataclasses.fields(CompareConfig)}
+    unknown = sorted(set(defaults) - known)
+    if unknown:
+        raise ModelFileError(
+            f"model file '{path}': COMPARE_DEFAULTS has unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    return dict(defaults)
 
 
 @dataclass(frozen=True)
@@ -419,8 +385,6 @@ def save_comparison(comparison: Comparison, out: str | Path) -> Path:
     (each atomically), and list them in ``metrics.json`` (``files``). Files that an earlier comparison in the same
     folder listed and this one does not rewrite are removed, so the folder never mixes two runs' results (nothing
     else in the folder is touched; checkpoints stay for ``--resume``). Returns ``out``."""
-    from .diagnostics import save_netcdf
-
     out = prepare_output(out)
     written = []
     for name, result in comparison.results.items():
@@ -439,8 +403,6 @@ def save_comparison(comparison: Comparison, out: str | Path) -> Path:
 
 def _files_of_earlier_run(out: Path) -> list[str]:
     """The files an earlier :func:`save_comparison` listed in ``out/metrics.json`` (only those are ever removed)."""
-    import json
-
     try:
         files = json.loads((out / "metrics.json").read_text()).get("files", [])
     except (OSError, ValueError, AttributeError):

@@ -29,7 +29,7 @@ import torch
 
 from .lm import AutoregressiveLM, TabularPolicy
 from .samples import ScoredSamples
-from .sequences import sequences_from_codes
+from .sequences import sequence_codes, sequences_from_codes
 from .task import DEFAULT_MAX_ENUMERATION, Task
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "exact_objective",
     "policy_metrics",
     "posterior_policy",
+    "total_variation",
 ]
 
 DEFAULT_BATCH_SIZE = 65_536
@@ -384,3 +385,26 @@ def policy_metrics(
         entropy=float(-_expectation(log_q, log_q)),
         **constrained,
     )
+
+
+def _empirical_probs(sequences: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Frequencies of ``sequences`` ``(N, T)`` over all :math:`V^T` sequences, lexicographic order, float64."""
+    length = sequences.shape[-1]
+    codes = sequence_codes(sequences.reshape(-1, length).cpu(), vocab_size)  # (N,)
+    return torch.bincount(codes, minlength=vocab_size**length).double() / codes.numel()
+
+
+def total_variation(sequences: torch.Tensor, log_probs: torch.Tensor, vocab_size: int) -> float:
+    r"""Total variation :math:`\tfrac12\sum_x |\hat p(x) - p(x)|` between the empirical distribution of
+    ``sequences`` ``(..., T)`` and ``log_probs`` over all :math:`V^T` sequences (lexicographic order).
+
+    Example::
+
+        >>> result = run_mcmc(task, "gibbs", num_chains=8, num_samples=2000, seed=0)
+        >>> total_variation(result.draws, exact_posterior(task).log_probs, task.vocab_size) < 0.5
+        True
+    """
+    freq = _empirical_probs(sequences, vocab_size)
+    if freq.numel() != log_probs.numel():
+        raise ValueError(f"log_probs has {log_probs.numel()} entries; V^T = {freq.numel()}")
+    return float(0.5 * (freq - log_probs.double().cpu().exp()).abs().sum())

@@ -167,7 +167,7 @@ def describe_model(path: Path) -> dict:
 
 
 def load_model(spec: str | Path, **overrides) -> tuple[Task, dict, Path]:
-    """Import a model file once: its task (``task(**overrides)``), its checked ``COMPARE_DEFAULTS`` and its path.
+    """Import a model file once: its task (``task(**overrides)``), its ``COMPARE_DEFAULTS`` and its path.
 
     :raises ModelFileError: one line naming the file and the problem.
     """
@@ -177,19 +177,9 @@ def load_model(spec: str | Path, **overrides) -> tuple[Task, dict, Path]:
 
 
 def _compare_defaults(module, path: Path) -> dict:
-    """The module's ``COMPARE_DEFAULTS`` (``{}`` if it has none), checked against the compare settings."""
-    import dataclasses
-
-    from .compare import CompareConfig
-
+    """The module's ``COMPARE_DEFAULTS`` (``{}`` if it has none), a dict; its names are checked against the compare
+    settings where compare reads them (:func:`bayes_klrl.compare.check_compare_defaults`)."""
     value = getattr(module, "COMPARE_DEFAULTS", {})
     if not isinstance(value, dict):
         raise ModelFileError(f"model file '{path}': COMPARE_DEFAULTS must be a dict, got {type(value).__name__}")
-    known = {f.name for f in dataclasses.fields(CompareConfig)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ModelFileError(
-            f"model file '{path}': COMPARE_DEFAULTS has unknown setting(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(known))}"
-        )
     return dict(value)

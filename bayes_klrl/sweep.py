@@ -29,14 +29,17 @@ import contextlib
 import dataclasses
 import importlib.util
 import multiprocessing
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from .compare import CompareConfig, prepare_output, remove_if_empty, run_compare, save_comparison
+from .modelfile import load_model
 from .storage import write_csv, write_json
 
 __all__ = [
@@ -125,10 +128,6 @@ def grid(
 def run_one(run: SweepRun) -> dict:
     """Run one comparison (in whatever process the executor chose) and write its folder; returns its
     ``metrics.json`` document."""
-    import torch
-
-    from .modelfile import load_model
-
     if _INTERRUPTED.is_set():  # a worker that saw Ctrl-C starts no queued run
         raise KeyboardInterrupt
     torch.set_num_threads(run.threads)
@@ -245,11 +244,6 @@ def call_in_file(path: str, function: str, *args, threads: int = 1, **kwargs):
     """Import the Python file ``path`` (its folder first on ``sys.path``, as running it would) and call its
     ``function``: how a script's work (an experiment of ``analysis/``) is sent to an executor's worker, which
     cannot import a script by module name."""
-    import importlib.util
-    import sys
-
-    import torch
-
     torch.set_num_threads(int(threads))
     folder = str(Path(path).resolve().parent)
     if folder not in sys.path:

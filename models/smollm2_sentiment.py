@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 
 from bayes_klrl import Task
-from bayes_klrl.lm.hf import HFCausalLM, LoRASettings, chat_prompt, load_smollm2
+from bayes_klrl.lm.smollm2 import smollm2_prior
 from bayes_klrl.tasks.text_rewards import EmbeddingContrast, LexiconSentiment, load_minilm
 
 QUESTION = "Write one sentence about a movie you watched."
@@ -33,11 +33,6 @@ VOCAB_SIZE = 49152
 #: ``bayes-klrl compare`` settings where the command line gives none: a LoRA-sized learning rate and a run of a
 #: few minutes on 2 CPU cores (a REINFORCE step of 8 sequences takes about 4 s, an SVI step about 7 s)
 COMPARE_DEFAULTS = {"steps": 10, "num_sequences": 8, "eval_samples": 32, "lr": 1e-3, "log_every": 5}
-
-
-@functools.lru_cache(maxsize=2)
-def _smollm2(device: str):
-    return load_smollm2(device)
 
 
 @functools.lru_cache(maxsize=2)
@@ -57,9 +52,7 @@ def task(
     scale: float = 10.0,
     question: str = QUESTION,
 ) -> Task:
-    model, tokenizer = _smollm2(str(device))
-    attention = LoRASettings(target_modules=("q_proj", "k_proj", "v_proj", "o_proj"))  # every attention projection
-    prior = HFCausalLM(model, tokenizer, chat_prompt(tokenizer, question), device=device, lora=attention)
+    prior = smollm2_prior(question, device)
     if reward == "embedding":
         reward_fn = EmbeddingContrast(prior.decode, POSITIVE, NEGATIVE, encoder=_minilm(str(device)), scale=scale)
     elif reward == "lexicon":

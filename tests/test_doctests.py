@@ -15,7 +15,13 @@ import torch
 
 import bayes_klrl
 
-OPTIONAL = ("bayes_klrl.lm.hf", "bayes_klrl.tasks.text_rewards", "bayes_klrl.__main__")
+OPTIONAL = (
+    "bayes_klrl.lm.hf",
+    "bayes_klrl.lm.lora",
+    "bayes_klrl.lm.smollm2",
+    "bayes_klrl.tasks.text_rewards",
+    "bayes_klrl.__main__",
+)
 MODULES = ["bayes_klrl"] + [
     m.name for m in pkgutil.walk_packages(bayes_klrl.__path__, "bayes_klrl.") if m.name not in OPTIONAL
 ]

@@ -47,10 +47,10 @@ import pyro.infer
 import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
+from ..exact import total_variation  # noqa: F401 (re-exported: its home before it moved to exact)
 from ..lm import AutoregressiveLM, sample_categorical
 from ..model import model as klrl_model
 from ..samples import ScoredSamples, score
-from ..sequences import sequence_codes
 from ..task import Task
 
 __all__ = [
@@ -506,26 +506,3 @@ def run_mcmc(
         num_warmup=warmup,
         seed=seed,
     )
-
-
-def _empirical_probs(sequences: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Frequencies of ``sequences`` ``(N, T)`` over all :math:`V^T` sequences, lexicographic order, float64."""
-    length = sequences.shape[-1]
-    codes = sequence_codes(sequences.reshape(-1, length).cpu(), vocab_size)  # (N,)
-    return torch.bincount(codes, minlength=vocab_size**length).double() / codes.numel()
-
-
-def total_variation(sequences: torch.Tensor, log_probs: torch.Tensor, vocab_size: int) -> float:
-    r"""Total variation :math:`\tfrac12\sum_x |\hat p(x) - p(x)|` between the empirical distribution of
-    ``sequences`` ``(..., T)`` and ``log_probs`` over all :math:`V^T` sequences (lexicographic order).
-
-    Example::
-
-        >>> result = run_mcmc(task, "gibbs", num_chains=8, num_samples=2000, seed=0)
-        >>> total_variation(result.draws, exact_posterior(task).log_probs, task.vocab_size) < 0.5
-        True
-    """
-    freq = _empirical_probs(sequences, vocab_size)
-    if freq.numel() != log_probs.numel():
-        raise ValueError(f"log_probs has {log_probs.numel()} entries; V^T = {freq.numel()}")
-    return float(0.5 * (freq - log_probs.double().cpu().exp()).abs().sum())

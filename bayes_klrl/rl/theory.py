@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..exact import enumerate_sequences
+from ..exact import enumerate_sequences, exact_elbo
 from ..lm import AutoregressiveLM
 from ..task import DEFAULT_MAX_ENUMERATION, Task
 from .recipes import GROUP_STD_EPS, PRESETS, Recipe, kl_loss_terms, learning_signal, recipe_loss
@@ -231,8 +231,6 @@ def elbo_gradient(
 
         >>> g = task.beta * elbo_gradient(task, policy)      # ∇J
     """
-    from ..exact import exact_elbo
-
     return _flat_gradient(exact_elbo(task, policy, max_sequences=max_sequences), policy)
 
 

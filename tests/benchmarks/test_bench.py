@@ -46,6 +46,13 @@ TINY = BenchConfig(
     gpt2_num_sequences=4,
     gpt2_length=3,
     gpt2_steps=1,
+    smc_tasks=("markov",),
+    smc_particles=16,
+    smc_variance_task="markov",
+    smc_variance_particles=8,
+    smc_variance_runs=4,
+    smc_twist_steps=2,
+    smc_twist_sequences=16,
 )
 HEADLINE_RATIOS = (
     "is_speedup_vs_pyro_importance",
@@ -168,10 +175,14 @@ def test_run_bench_figures_have_every_key_finite_and_positive():
     values = [*figures["exact_sequences_per_second"].values(), *figures["reward_evaluations_to_kl_goal"].values()]
     assert all(finite_positive(v) for v in values)
     assert figures["reward_evaluations_to_kl_goal"]["rl"] == 16  # one step of 16 sequences
+    assert set(figures["smc_run_over_sample_and_score"]) == {"markov"}
+    assert finite_positive(figures["smc_run_over_sample_and_score"]["markov"])
+    assert finite_positive(figures["smc_log_z_variance_ratio"]) and finite_positive(figures["smc_bracket_width_ratio"])
     for key in ("python", "torch", "pyro", "torch_threads", "cpu_count"):
         assert figures["machine"][key] is not None
     table = format_table(report)
     assert "importance sampling" in table and "SVI step / REINFORCE step" in table and ">= 50" in table
+    assert "SMC run vs one sample-and-score pass (markov)" in table and "twisted SMC / IS prior" in table
 
 
 def test_real_lm_figure_is_skipped_cleanly_without_the_extra():

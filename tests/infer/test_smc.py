@@ -103,6 +103,25 @@ def test_bounds_bracket_log_z_and_narrow_with_particles(pattern_task):
     assert widths[1] < widths[0] / 2
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "bandit",
+        "markov",
+        "markov_constraint",
+        "markov_pattern",
+        pytest.param("words_sentiment", marks=pytest.mark.slow),
+    ],
+)
+def test_bounds_bracket_log_z_on_every_shipped_enumerable_task(name):
+    task = bk.load_task(name)
+    post = bk.exact_posterior(task)
+    draws = exact_posterior_draws(task, 32, posterior=post, seed=0)
+    b = log_z_bounds(task, num_particles=64, num_runs=32, draws=draws, seed=0)
+    assert b.log_z_lower < post.log_z + Z_CRIT * b.lower.log_z_se + 1e-9
+    assert b.log_z_upper > post.log_z - Z_CRIT * b.upper.log_z_se - 1e-9
+
+
 def test_rejection_draws_match_the_posterior():
     task = bk.load_task("bandit")
     post = bk.exact_posterior(task)
