@@ -256,8 +256,9 @@ def _run_files_in(folder: Path) -> list[Path]:
     """The files a comparison or a sweep writes in ``folder`` (by name: nothing else is ever counted or removed)."""
     names = ["metrics.json", "metrics.csv", "sweep.json", "sweep.csv"]
     for method in METHODS:
-        names += [f"history_{method}.csv", f"{method}.nc", f"{method}/checkpoint.pt"]
-    return [folder / n for n in names if (folder / n).is_file()]
+        names += [f"history_{method}.csv", f"{method}.nc"]
+    found = [folder / n for n in names if (folder / n).is_file()]
+    return found + sorted(p for p in folder.glob("*/checkpoint.pt") if p.is_file())  # a method's (or smc_twist's)
 
 
 def earlier_run_files(out: str | Path) -> list[Path]:

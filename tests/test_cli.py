@@ -379,7 +379,7 @@ def test_unreadable_checkpoints_give_one_line_naming_the_file(content, user_mode
     [
         (["--steps", "2"], "past this run's 2 steps"),
         (["--set", "length=3"], "was written with"),
-        (["--lr", "0.05"], "lr=0.02"),
+        (["--lr", "0.05"], "--lr 0.02"),
     ],
     ids=["fewer-steps", "other-task", "other-lr"],
 )
