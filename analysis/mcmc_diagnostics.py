@@ -1,4 +1,4 @@
-r"""ArviZ trace, rank and ESS plots of the MCMC kernels' draws, saved as NetCDF.
+r"""Trace, rank and ESS plots of the MCMC kernels' draws (ArviZ's diagnostics, 0.x or 1.x), saved as NetCDF.
 
 Runs each kernel (single-site Gibbs, independence MH with the prior as proposal) with several chains on one
 task, keeps the draws as ArviZ InferenceData with the unnormalized log posterior
@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-import arviz as az
-import matplotlib
 import numpy as np
 from _common import check_positive, experiment_main, load, write_summary
 from _figures import figure, label, read_csv, read_json, save, style
 
+from bayes_klrl import _arviz
 from bayes_klrl.config import Preset, check_choices, option
 from bayes_klrl.diagnostics import RHAT_MAX, load_netcdf, mcmc_inference_data, save_netcdf
 from bayes_klrl.exact import exact_posterior
@@ -90,8 +88,7 @@ def run(config: Config, out: str | Path, *, progress: bool = False) -> dict:
         path = out / f"mcmc_{kernel}.nc"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_netcdf(idata, path)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            table = az.summary(idata, var_names=list(SUMMARIES), kind="diagnostics", round_to="none")
+        table = _arviz.summary(idata, list(SUMMARIES), kind="diagnostics")
         tv = None if posterior is None else total_variation(result.draws, posterior.log_probs, task.vocab_size)
         for var in SUMMARIES:
             rows.append(
@@ -118,6 +115,26 @@ def run(config: Config, out: str | Path, *, progress: bool = False) -> dict:
     )
 
 
+def _draw_chains(values: np.ndarray, ax_dist, ax_trace, ax_rank, ax_ess) -> None:
+    """ArviZ's four views of one scalar's draws ``(chain, draw)``, drawn here so that the figure is the same under
+    ArviZ 0.x and 1.x (whose plotting APIs differ): density and trace per chain, the rank plot (each chain's
+    histogram of the ranks of its draws among all draws), and the bulk and tail ESS as more draws are kept."""
+    chains, draws = values.shape
+    for c in range(chains):
+        ax_dist.hist(values[c], bins=30, density=True, histtype="step", lw=1.2)
+        ax_trace.plot(values[c], lw=0.6, alpha=0.8)
+    ranks = values.reshape(-1).argsort(kind="stable").argsort(kind="stable").reshape(values.shape)
+    bins = np.linspace(0, values.size, 21)
+    for c in range(chains):
+        counts, _ = np.histogram(ranks[c], bins=bins)
+        ax_rank.bar(bins[:-1], counts / counts.max() * 0.8, width=np.diff(bins), bottom=c, align="edge", alpha=0.7)
+    ax_rank.set_yticks(range(chains))
+    kept = np.unique(np.linspace(max(4, draws // 20), draws, 20).astype(int))
+    for method in ("bulk", "tail"):
+        ax_ess.plot(kept * chains, [_arviz.ess(values[:, :n], method) for n in kept], marker="o", ms=3, label=method)
+    ax_ess.axhline(400, color="0.4", ls="--", lw=1)
+
+
 def plot(out: str | Path, variable: str = "log_target") -> list[Path]:
     """``mcmc_diagnostics.png`` (ArviZ trace, rank and ESS plots of one scalar summary, a row per kernel) from
     ``mcmc_<kernel>.nc``, ``diagnostics.csv`` and ``summary.json``."""
@@ -133,11 +150,7 @@ def plot(out: str | Path, variable: str = "log_target") -> list[Path]:
             table = diagnostics[diagnostics["kernel"] == kernel].set_index("variable")
             row = table.loc[variable]
             ax_dist, ax_trace, ax_rank, ax_ess = axes[i]
-            with warnings.catch_warnings():  # ArviZ 0.x calls a matplotlib helper deprecated in 3.11
-                warnings.filterwarnings("ignore", category=matplotlib.MatplotlibDeprecationWarning)
-                az.plot_trace(idata, var_names=[variable], axes=np.array([[ax_dist, ax_trace]]), compact=False)
-                az.plot_rank(idata, var_names=[variable], ax=ax_rank)
-                az.plot_ess(idata, var_names=[variable], kind="evolution", ax=ax_ess)
+            _draw_chains(idata["posterior"][variable].values, ax_dist, ax_trace, ax_rank, ax_ess)
             others = ", ".join(f"{names.get(v, v)} {table.loc[v, 'r_hat']:.3f}" for v in table.index if v != variable)
             for ax in axes[i]:
                 ax.tick_params(labelsize=9)

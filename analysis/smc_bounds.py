@@ -70,7 +70,7 @@ class Config(Preset):
     seed: int = option(0, "seeds training and sampling")
 
     QUICK: ClassVar[dict] = {
-        "particles": (4, 32, 256), "runs": 8, "steps": 100, "log_every": 25, "twist_steps": 60,
+        "particles": (4, 32, 256), "runs": 16, "steps": 100, "log_every": 25, "twist_steps": 150,
         "eval_samples": 512,
     }  # fmt: skip
 

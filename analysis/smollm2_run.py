@@ -124,9 +124,9 @@ def mc_metrics(draws: dict, beta: float) -> dict:
         "is_ess_fraction": float(1.0 / (w.square().sum() * log_w.numel())),
     }
     try:
-        import arviz as az
+        from bayes_klrl.infer.importance import pareto_khat  # ArviZ 0.x or 1.x
 
-        out["psis_khat"] = float(az.psislw(log_w.numpy().copy())[1])
+        out["psis_khat"] = pareto_khat(log_w)[0]
     except Exception as exc:  # k̂ is a diagnostic; its absence does not stop the run
         out["psis_khat"] = None
         out["psis_error"] = f"{type(exc).__name__}: {exc}"

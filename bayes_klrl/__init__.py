@@ -15,6 +15,7 @@ Example::
 """
 
 from .compare import CompareConfig, Comparison, run_compare, save_comparison
+from .diagnostics import diagnostics_table, importance_inference_data, load_netcdf, mcmc_inference_data
 from .exact import (
     ExactPosterior,
     PolicyMetrics,
@@ -24,17 +25,18 @@ from .exact import (
     exact_posterior,
     policy_metrics,
 )
-from .infer.importance import ImportanceResult, importance_sample
+from .infer.importance import ImportanceResult, importance_sample, policy_diagnostics
 from .infer.mcmc import MCMCResult, run_mcmc
-from .infer.svi import SVITrainer
+from .infer.svi import SVITrainer, gradient_variance
 from .lm import AutoregressiveLM, CategoricalLM, MarkovLM, TabularPolicy
-from .methods import METHODS, Row, make_trainer
+from .lm.hf import HFCausalLM, LoRASettings
+from .methods import METHODS, Method, MethodResult, Row, make_trainer, register
 from .modelfile import load_task
 from .rl import DPGTrainer, PPOTrainer, ReinforceTrainer
 from .rl.recipes import PRESETS, Recipe
 from .samples import ScoredSamples, WeightSummary, score, weight_summary
 from .task import RewardError, Task
-from .training import FitResult, Trainer, fit
+from .training import FitResult, OptimizerSettings, Trainer, fit
 
 __version__ = "0.1.0"
 
@@ -48,9 +50,14 @@ __all__ = [
     "DPGTrainer",
     "ExactPosterior",
     "FitResult",
+    "HFCausalLM",
     "ImportanceResult",
+    "LoRASettings",
     "MCMCResult",
     "MarkovLM",
+    "Method",
+    "MethodResult",
+    "OptimizerSettings",
     "PPOTrainer",
     "PolicyMetrics",
     "Recipe",
@@ -63,15 +70,22 @@ __all__ = [
     "Task",
     "Trainer",
     "WeightSummary",
+    "diagnostics_table",
     "exact_elbo",
     "exact_forward_kl",
     "exact_objective",
     "exact_posterior",
     "fit",
+    "gradient_variance",
     "importance_sample",
+    "importance_inference_data",
+    "load_netcdf",
+    "mcmc_inference_data",
     "load_task",
     "make_trainer",
+    "policy_diagnostics",
     "policy_metrics",
+    "register",
     "run_compare",
     "run_mcmc",
     "save_comparison",

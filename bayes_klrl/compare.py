@@ -25,12 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import check_choices, option
+from .config import check_choices, option, with_fields
 from .diagnostics import save_netcdf
 from .exact import ExactPosterior, exact_posterior
 from .methods import METHODS, OPTIMIZER_OPTIONS, MethodResult, Row, RunContext, bracket_rows, trained_methods
 from .methods.options import CHOICES
 from .modelfile import ModelFileError
+from .rl.recipes import recipe_flags
 from .storage import write_csv, write_json
 from .task import DEFAULT_MAX_ENUMERATION, Task
 from .training import OptimizerSettings
@@ -54,6 +55,7 @@ def _method_names() -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+@with_fields(recipe_flags, after="kl_target")  # the recipe options: generated from rl.recipes.Recipe's fields
 class CompareConfig:
     """Settings of a comparison; each field's help is the ``compare`` command line's help."""
 
@@ -73,28 +75,9 @@ class CompareConfig:
                          "lora (Hugging Face priors), auto (lora for Hugging Face priors, else tabular when it fits, "
                          "else full); copy = full", choices=CHOICES["policy"])  # fmt: skip
     estimator: str = option("loo", "SVI gradient estimator", choices=CHOICES["estimator"])
-    kl_gradient: str | None = option(
-        None, "svi and the KL-in-reward recipes: the KL term's gradient from the sampled log-ratio or the exact "
-        "per-token KL over the vocabulary (analytic, Rao-Blackwellized; none: sampled)", choices=CHOICES["kl_gradient"])  # fmt: skip
     sites: str | None = option(None, "SVI's sample sites: one sequence-level site scored in one pass, or one per "
                                "token (none: the estimator's own)", choices=CHOICES["sites"])  # fmt: skip
-    kl_estimator: str | None = option(
-        None, "per-token KL estimator (none: each method's own, k1 for rl and ppo, k3 for the GRPO recipes)",
-        choices=CHOICES["kl_estimator"])  # fmt: skip
     kl_target: float | None = option(None, "PPO adaptive-KL target in nats (none: beta stays fixed)")
-    kl_in: str | None = option(None, "recipes: the KL in the reward, in the loss, or none (none: the method's own)",
-                               choices=CHOICES["kl_in"])  # fmt: skip
-    kl_ratio_correction: bool | None = option(None, "recipes: multiply an in-loss KL term by q/q_old")
-    advantage: str | None = option(None, "recipes: leave-one-out, group-centred or group-standardized advantage",
-                                   choices=CHOICES["advantage"])  # fmt: skip
-    group_size: int | None = option(None, "recipes: sequences per group of a group advantage (GRPO presets: 16)")
-    normalization: str | None = option(None, "recipes: per-sequence 1/|x| or constant normalization of the loss",
-                                       choices=CHOICES["normalization"])  # fmt: skip
-    epochs: int | None = option(None, "recipes and ppo: passes over each batch (clipped ratio when > 1)")
-    minibatches: int | None = option(None, "recipes and ppo: minibatches per pass")
-    clip: float | None = option(None, "recipes and ppo: clip range epsilon of the importance ratio")
-    replay: int | None = option(None, "svi and the KL-in-reward recipes: batches each gradient uses, this one "
-                                "included, importance-weighted by q/q_old (none: 1, on-policy)")  # fmt: skip
     log_every: int = option(50, "steps between logged points of the learning curves")
     eval_samples: int = option(1024, "Monte Carlo samples scoring each policy (importance sampling, k-hat)")
     max_enumeration: int = option(DEFAULT_MAX_ENUMERATION, "largest V^T enumerated exactly")

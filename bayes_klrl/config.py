@@ -36,6 +36,7 @@ __all__ = [
     "config_from_args",
     "given_options",
     "parse_names",
+    "with_fields",
 ]
 
 
@@ -45,6 +46,32 @@ def option(default: Any, help: str, *, choices: Iterable[str] | Callable[[], Ite
     if isinstance(default, (list, dict, set)):
         raise TypeError("config defaults must be immutable (use a tuple)")
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def with_fields(fields: Callable[[], dict], *, after: str):
+    """A class decorator (under ``@dataclass``) adding fields made elsewhere after the field ``after``:
+    ``fields()`` returns ``{name: (type, dataclasses.Field)}``, e.g. a record's options turned into flags
+    (:func:`bayes_klrl.rl.recipes.recipe_flags`). The order of the fields is that of the command line's help."""
+
+    def add(cls: type) -> type:
+        own = dict(cls.__dict__.get("__annotations__", {}))
+        if after not in own:
+            raise ValueError(f"{cls.__name__} has no field {after!r} to add fields after")
+        extra = fields()
+        clash = sorted(set(extra) & set(own))
+        if clash:
+            raise ValueError(f"{cls.__name__} already has field(s) {', '.join(clash)}")
+        annotations = {}
+        for name, hint in own.items():
+            annotations[name] = hint
+            if name == after:
+                for new, (kind, value) in extra.items():
+                    annotations[new] = kind
+                    setattr(cls, new, value)
+        cls.__annotations__ = annotations
+        return cls
+
+    return add
 
 
 def check_choices(config, *, nonempty: Iterable[str] = ()) -> None:

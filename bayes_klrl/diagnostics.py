@@ -1,4 +1,7 @@
-r"""The ArviZ boundary: every method's draws as one :class:`arviz.InferenceData`, a diagnostics table, NetCDF.
+r"""The ArviZ boundary: every method's draws as one ArviZ container, a diagnostics table, NetCDF.
+
+The container is ArviZ's own: an ``arviz.InferenceData`` under ArviZ 0.x, an ``xarray.DataTree`` under ArviZ 1.x
+(both built, read and written through :mod:`bayes_klrl._arviz`, so the files are the same under either line).
 
 Each method's draws become an InferenceData of the same shape:
 
@@ -36,6 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from . import _arviz
 from .infer.importance import ImportanceResult
 from .infer.mcmc import MCMCResult
 from .storage import atomic_write
@@ -81,19 +85,31 @@ def _attrs(task: Task, method: str, weighted: bool, **extra) -> dict:
     return attrs
 
 
-def _from_dict(posterior: dict, sample_stats: dict, attrs: dict) -> az.InferenceData:
-    import arviz as az
+def _dataset(variables: dict, length: int, attrs: dict):
+    """One group: each array ``(chain, draw)`` or ``(chain, draw, position)`` named by its key, with integer
+    coordinates, as ArviZ lays groups out."""
+    import xarray as xr
 
-    idata = az.from_dict(
-        posterior=posterior,
-        sample_stats=sample_stats,
-        log_likelihood={"reward_over_beta": posterior["reward_over_beta"]},  # log p(y=1 | x) = r(x)/β, for az.loo
-        dims={"tokens": ["position"]},
-        coords={"position": np.arange(attrs["length"])},
-    )
-    for group in idata.groups():
-        idata[group].attrs.update(attrs)
-    return idata
+    data_vars = {name: (("chain", "draw", "position")[: a.ndim], a) for name, a in variables.items()}
+    first = next(iter(variables.values()))
+    coords = {"chain": np.arange(first.shape[0]), "draw": np.arange(first.shape[1])}
+    if any(a.ndim == 3 for a in variables.values()):
+        coords["position"] = np.arange(length)
+    return xr.Dataset(data_vars, coords=coords, attrs=dict(attrs))
+
+
+def _from_dict(
+    posterior: dict, sample_stats: dict | None, attrs: dict, log_likelihood: str = "reward_over_beta", **extra_groups: dict
+) -> az.InferenceData:
+    length = attrs["length"]
+    groups = {"posterior": _dataset(posterior, length, attrs)}
+    if sample_stats:
+        groups["sample_stats"] = _dataset(sample_stats, length, attrs)
+    # log p(y=1 | x) = r(x)/β, the program's log-likelihood (az.loo reads this group)
+    groups["log_likelihood"] = _dataset({log_likelihood: posterior["reward_over_beta"]}, length, attrs)
+    for name, variables in extra_groups.items():
+        groups[name] = _dataset(variables, length, attrs)
+    return _arviz.from_groups(groups)
 
 
 def mcmc_inference_data(task: Task, result: MCMCResult) -> az.InferenceData:
@@ -129,9 +145,6 @@ def importance_inference_data(task: Task, result: ImportanceResult, method: str 
     Used for the ``is`` method (proposal: the prior) and for a trained policy (``method`` its name), whose
     draws and weights give its Pareto :math:`\hat k`.
     """
-    import arviz as az
-    import xarray as xr
-
     if result.sequences.shape[-1] != task.length:
         raise ValueError(f"the draws have length {result.sequences.shape[-1]}; the task has length {task.length}")
     samples, idx = result.samples, result.resample_index.cpu()
@@ -152,25 +165,17 @@ def importance_inference_data(task: Task, result: ImportanceResult, method: str 
         log_z=result.log_z,
         importance_ess=result.ess,
     )
-    idata = az.from_dict(
-        posterior=posterior,
-        log_likelihood={"reward_over_beta": posterior["reward_over_beta"]},
-        dims={"tokens": ["position"]},
-        coords={"position": np.arange(task.length)},
-    )
     proposal = {
-        "tokens": (("chain", "draw", "position"), _np(samples.tokens)[None].astype(np.int64)),
-        "reward": (("chain", "draw"), _np(samples.reward)[None]),
-        "log_prior": (("chain", "draw"), _np(samples.log_prior)[None]),
-        "reward_over_beta": (("chain", "draw"), _np(samples.log_likelihood)[None]),
-        "log_q": (("chain", "draw"), _np(samples.log_q)[None]),
-        "log_weight": (("chain", "draw"), _np(result.log_weights)[None]),
-        "psis_log_weight": (("chain", "draw"), _np(result.smoothed_log_weights)[None]),
+        "tokens": _np(samples.tokens)[None].astype(np.int64),
+        "reward": _np(samples.reward)[None],
+        "log_prior": _np(samples.log_prior)[None],
+        "reward_over_beta": _np(samples.log_likelihood)[None],
+        "log_q": _np(samples.log_q)[None],
+        "log_weight": _np(result.log_weights)[None],
+        "psis_log_weight": _np(result.smoothed_log_weights)[None],
     }
-    idata.add_groups({"proposal": xr.Dataset(proposal, coords={"position": np.arange(task.length)})})
-    for group in idata.groups():
-        idata[group].attrs.update(attrs)
-    idata.proposal.attrs["weighted"] = 1
+    idata = _from_dict(posterior, None, attrs, proposal=proposal)
+    idata["proposal"].attrs["weighted"] = 1
     return idata
 
 
@@ -183,9 +188,6 @@ def smc_inference_data(task: Task, result, *, seed: int = 0) -> tuple[az.Inferen
     - ``particles`` (a group of this package, ``weighted = 1``): the final particles as SMC left them, with
       their ``log_weight``; ``attrs`` hold each run's ``log_z``.
     """
-    import arviz as az
-    import xarray as xr
-
     k, n, length = result.tokens.shape
     generator = torch.Generator().manual_seed(seed)
     finite = torch.isfinite(torch.logsumexp(result.log_weights, -1))  # (K,) runs with some mass
@@ -201,22 +203,14 @@ def smc_inference_data(task: Task, result, *, seed: int = 0) -> tuple[az.Inferen
         "reward_over_beta": _np(reward / task.beta),
     }
     attrs = _attrs(task, "smc", False, log_z_runs=_np(result.log_z).tolist(), conditional=int(result.conditional))
-    idata = az.from_dict(
-        posterior=posterior,
-        log_likelihood={"reward_over_beta": posterior["reward_over_beta"]},
-        dims={"tokens": ["position"]},
-        coords={"position": np.arange(length)},
-    )
     particles = {
-        "tokens": (("chain", "draw", "position"), _np(result.tokens).astype(np.int64)),
-        "reward": (("chain", "draw"), _np(result.reward)),
-        "log_prior": (("chain", "draw"), _np(result.log_prior)),
-        "log_weight": (("chain", "draw"), _np(result.log_weights)),
+        "tokens": _np(result.tokens).astype(np.int64),
+        "reward": _np(result.reward),
+        "log_prior": _np(result.log_prior),
+        "log_weight": _np(result.log_weights),
     }
-    idata.add_groups({"particles": xr.Dataset(particles, coords={"position": np.arange(length)})})
-    for group in idata.groups():
-        idata[group].attrs.update(attrs)
-    idata.particles.attrs["weighted"] = 1
+    idata = _from_dict(posterior, None, attrs, log_likelihood="reward_over_beta", particles=particles)
+    idata["particles"].attrs["weighted"] = 1
     return idata, tokens.reshape(k * n, length)
 
 
@@ -229,10 +223,7 @@ def diagnostics_table(idata: az.InferenceData, var_names=SCALAR_SUMMARIES):
     present = [v for v in var_names if v in idata.posterior.data_vars]
     if not present:
         raise ValueError(f"none of {', '.join(var_names)} is in the posterior group")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        import arviz as az
-
-        return az.summary(idata, var_names=present, kind="diagnostics", round_to="none")
+    return _arviz.summary(idata, present, kind="diagnostics")
 
 
 def scalar_diagnostics(idata: az.InferenceData, var: str = "reward") -> dict:
@@ -252,18 +243,17 @@ def scalar_diagnostics(idata: az.InferenceData, var: str = "reward") -> dict:
 
 
 def save_netcdf(idata: az.InferenceData, path: str | os.PathLike) -> Path:
-    """Write ``idata`` to ``path`` atomically (a temporary file in the same folder, then a rename)."""
-    return atomic_write(path, lambda tmp: idata.to_netcdf(tmp))
+    """Write ``idata`` to ``path`` atomically (a temporary file in the same folder, then a rename), in the layout
+    that ``az.from_netcdf`` of ArviZ 0.x and 1.x both read."""
+    return atomic_write(path, lambda tmp: _arviz.to_netcdf(idata, tmp))
 
 
 def load_netcdf(path: str | os.PathLike) -> az.InferenceData:
-    """Read an InferenceData written by :func:`save_netcdf` (``az.from_netcdf``), with a clear error if absent."""
+    """Read a file written by :func:`save_netcdf` (``az.from_netcdf``), with a clear error if absent."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no InferenceData file at {path}")
-    import arviz as az
-
-    return az.from_netcdf(path)
+    return _arviz.from_netcdf(path)
 
 
 def reading_notes(rows: list[dict]) -> list[str]:

@@ -16,8 +16,9 @@ bound :math:`L` and an upper bound :math:`U` of :math:`\log Z` bracket both (:fu
 .. math:: \mathrm{KL}(q\|\pi^*) \in [L - \mathrm{ELBO},\ U - \mathrm{ELBO}], \qquad
           \mathrm{KL}(\pi^*\|q) \in [\mathrm{EUBO} - U,\ \mathrm{EUBO} - L].
 
-Every end is a Monte Carlo estimate of a bound that holds in expectation; the lower ends are clipped at 0 (a KL
-is never negative).
+Every term is a Monte Carlo estimate of a quantity that bounds in expectation, so :func:`kl_bracket` widens each
+end by ``num_se`` (2) standard errors of the estimates it is made of, and clips the lower ends at 0 (a KL is never
+negative): with few runs, the two means alone can cross.
 """
 
 from __future__ import annotations
@@ -209,6 +210,7 @@ class KLBracket:
     :ivar kl_q_lower, kl_q_upper: the bracket on :math:`\mathrm{KL}(q\|\pi^*)` (upper ``None`` without an upper
         bound on :math:`\log Z`).
     :ivar kl_p_lower, kl_p_upper: the bracket on :math:`\mathrm{KL}(\pi^*\|q)` (``None`` without exact draws).
+    :ivar num_se: the standard errors each end is widened by.
     """
 
     elbo: float
@@ -219,6 +221,12 @@ class KLBracket:
     kl_q_upper: float | None
     kl_p_lower: float | None
     kl_p_upper: float | None
+    num_se: float = 2.0
+
+
+def _finite_or_zero(value: float | None) -> float:
+    """A standard error that is not there (one run, one draw) counts as 0."""
+    return 0.0 if value is None or not math.isfinite(value) else float(value)
 
 
 def _mean_se(values: torch.Tensor) -> tuple[float, float]:
@@ -237,11 +245,15 @@ def kl_bracket(
     num_samples: int = 1024,
     seed: int = 0,
     log_weights: torch.Tensor | None = None,
+    num_se: float = 2.0,
 ) -> KLBracket:
     r"""Bracket :math:`\mathrm{KL}(q\|\pi^*)` and :math:`\mathrm{KL}(\pi^*\|q)` of ``policy`` with ``bounds``.
 
     :param log_weights: :math:`\log w` of draws of :math:`q` already made (e.g. by the policy's importance
         scoring); otherwise ``num_samples`` draws are made with ``seed``.
+    :param float num_se: each end moves outwards by this many standard errors of the difference it is (the
+        bound's over its runs and the ELBO's or EUBO's over its draws, added in quadrature); 0: the point
+        estimates.
 
     Example::
 
@@ -259,16 +271,28 @@ def kl_bracket(
         log_weights = score(task, x, log_q=policy).log_weight
     elbo, elbo_se = _mean_se(log_weights)
     lower, upper = bounds.log_z_lower, bounds.log_z_upper
+    lower_se = _finite_or_zero(bounds.lower.log_z_se)
+    upper_se = None if bounds.upper is None else _finite_or_zero(bounds.upper.log_z_se)
     eubo = eubo_se = None
     if bounds.draws is not None:
         eubo, eubo_se = _mean_se(score(task, bounds.draws.tokens, log_q=policy).log_weight)
+
+    def widen(se_a: float, se_b: float | None) -> float:
+        return num_se * math.hypot(se_a, _finite_or_zero(se_b))
+
+    kl_p_lower = kl_p_upper = None
+    if eubo is not None:
+        kl_p_upper = max(0.0, eubo - lower + widen(lower_se, eubo_se))
+        if upper is not None:
+            kl_p_lower = max(0.0, eubo - upper - widen(upper_se, eubo_se))
     return KLBracket(
         elbo=elbo,
         elbo_se=elbo_se,
         eubo=eubo,
         eubo_se=eubo_se,
-        kl_q_lower=max(0.0, lower - elbo),
-        kl_q_upper=None if upper is None else max(0.0, upper - elbo),
-        kl_p_lower=None if eubo is None or upper is None else max(0.0, eubo - upper),
-        kl_p_upper=None if eubo is None else max(0.0, eubo - lower),
+        kl_q_lower=max(0.0, lower - elbo - widen(lower_se, elbo_se)),
+        kl_q_upper=None if upper is None else max(0.0, upper - elbo + widen(upper_se, elbo_se)),
+        kl_p_lower=kl_p_lower,
+        kl_p_upper=kl_p_upper,
+        num_se=num_se,
     )

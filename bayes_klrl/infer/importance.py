@@ -10,8 +10,9 @@ With proposal :math:`q` (the prior or any policy) and :math:`x_i \sim q`, :math:
     \hat{\mathbb{E}}_{\pi^*}[r] = \sum_i \bar w_i\, r(x_i), \qquad \bar w_i = w_i / \textstyle\sum_j w_j.
 
 :math:`\hat Z` is unbiased, so :math:`\log\hat Z` is a stochastic lower bound of :math:`\log Z` in
-expectation (and consistent). The Pareto :math:`\hat k` of the largest weights (PSIS, ``az.psislw``) says
-whether the proposal is usable: below 0.5 good, 0.5–0.7 usable, above 0.7 unreliable. Applied to a trained
+expectation (and consistent). The Pareto :math:`\hat k` of the largest weights (PSIS, through
+:mod:`bayes_klrl._arviz`) says whether the proposal is usable: below 0.5 good, 0.5–0.7 usable, above 0.7
+unreliable. Applied to a trained
 policy, :math:`\hat k` says whether it is a usable proposal for π* (:func:`policy_diagnostics`).
 
 Unlike :class:`pyro.infer.Importance`, which runs the model once per sample, the draws here are made and
@@ -30,9 +31,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
+from .. import _arviz
 from ..lm import AutoregressiveLM
 from ..samples import ScoredSamples, score, weight_summary
 from ..task import Task
@@ -199,16 +200,12 @@ def pareto_khat(log_weights: torch.Tensor) -> tuple[float, torch.Tensor]:
     if tail.max() - tail.min() < _CONSTANT_SPREAD:
         smoothed[finite] = -math.log(tail.size)
         return -math.inf, smoothed
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # the GPD fit overflows on light tails
-        import arviz as az  # imported here: arviz loads matplotlib and pandas
-
-        lw, khat = az.psislw(tail)
-    smoothed[finite] = torch.from_numpy(np.asarray(lw, dtype=np.float64))
-    khat = float(np.asarray(khat))
+    lw, khat = _arviz.psislw(tail)  # ArviZ 0.x or 1.x
+    smoothed[finite] = torch.from_numpy(lw)
     if khat == math.inf and tail.size >= _MIN_TAIL_SAMPLES:
-        # ArviZ gives +inf when fewer than 5 weights lie above its tail cutoff; with this many samples that
-        # happens only when the largest weight is an atom holding the whole tail (a reward with few values
-        # under a proposal that is the prior): the weights are bounded, there is no tail to fit.
+        # no tail could be fitted (under five distinct weights in it); with this many samples that happens only
+        # when the largest weight is an atom holding the whole tail (a reward with few values under a proposal
+        # that is the prior): the weights are bounded, there is no tail to fit.
         khat = -math.inf
     return khat, smoothed
 

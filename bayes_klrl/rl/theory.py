@@ -35,6 +35,19 @@ k2). Setting the sum to zero:
   self-consistently; when :math:`\beta` is below a threshold no such interior point exists and the policy
   collapses onto :math:`\arg\max r`.
 
+**The options added to the k1-in-reward recipe**, over arms or the whole sequences of an enumerable task (a
+tabular policy reaches any distribution over them):
+
+- an entropy bonus :math:`\alpha` (sequence estimator): :math:`q \propto \pi_0^{\beta/(\beta+\alpha)}e^{r/(\beta+\alpha)}`
+  (:func:`entropy_fixed_point`); the per-token estimator ascends :func:`per_token_entropy` (prefix weights fixed),
+  the same at :math:`T = 1` only;
+- :math:`r` standardized before the KL is added: :math:`q = \pi^*_{\beta s}`, :math:`s = \sigma_q(r) + \epsilon`,
+  self-consistent at every :math:`T` (:func:`standardized_reward_fixed_point`);
+- :math:`k` phases separated by reference resets: :math:`\pi_0 e^{k r/\beta}` (:func:`reference_reset_fixed_point`);
+- a behaviour sampler :math:`\mu` (``behaviour=`` of :func:`expected_recipe_gradient`): sequence-level IS gives
+  :math:`\nabla J`, the others do not, yet at :math:`\pi^*` every signal is :math:`\log Z`, so a tabular policy
+  settles at :math:`\pi^*` whichever correction is used.
+
 Here :math:`\mu_q = \mathbb{E}_q[r]`, :math:`\sigma_q` the standard deviation of :math:`r` under :math:`q` (the
 limit of the group's unbiased standard deviation) and :math:`\epsilon` the recipes' ``GROUP_STD_EPS``.
 The derivations are in docs/tutorial.md ("Which RLHF recipes sample the posterior?"); the checks against
@@ -47,6 +60,7 @@ viewed as Bayesian inference*.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -55,10 +69,17 @@ import torch
 from ..exact import enumerate_sequences, exact_elbo
 from ..lm import AutoregressiveLM
 from ..task import DEFAULT_MAX_ENUMERATION, Task
-from .recipes import GROUP_STD_EPS, PRESETS, Recipe, kl_loss_terms, learning_signal, recipe_loss
+from .recipes import GROUP_STD_EPS, PRESETS, Recipe, kl_loss_terms, learning_signal, recipe_loss, token_entropy
 
 __all__ = [
     "BANDIT_CLOSED_FORMS",
+    "entropy",
+    "entropy_fixed_point",
+    "in_reward_expected_gradient",
+    "infinite_batch_rewards",
+    "per_token_entropy",
+    "reference_reset_fixed_point",
+    "standardized_reward_fixed_point",
     "bandit_expected_gradient",
     "bandit_fixed_point",
     "elbo_gradient",
@@ -91,20 +112,22 @@ class _Enumeration:
     token_log_q: torch.Tensor  # (M, T)
     token_log_prior: torch.Tensor  # (M, T)
     rewards: torch.Tensor  # (M,)
+    log_q_next: torch.Tensor | None = None  # (M, T, V), differentiable, when asked for
 
 
-def _enumerate(task: Task, policy: AutoregressiveLM, max_sequences: int) -> _Enumeration:
+def _enumerate(task: Task, policy: AutoregressiveLM, max_sequences: int, *, vocab: bool = False) -> _Enumeration:
     if task.num_sequences > max_sequences:
         raise ValueError(
             f"task '{task.name}' has {task.num_sequences:,} sequences, above the enumeration limit {max_sequences:,}"
         )
     x = enumerate_sequences(task.vocab_size, task.length).to(policy.device)  # (M, T)
-    token_log_q = policy.token_log_probs(x)  # (M, T), differentiable
+    log_q_next = policy.next_token_log_probs(x) if vocab else None  # (M, T, V)
+    token_log_q = policy.token_log_probs(x) if log_q_next is None else log_q_next.gather(-1, x[..., None]).squeeze(-1)
     with torch.no_grad():
         token_log_prior = task.prior.token_log_probs(x).to(token_log_q.device)  # (M, T)
         rewards = task.rewards(x).to(token_log_q.device)  # (M,)
         weights = token_log_q.detach().double().sum(-1).exp()  # (M,) q̄(x)
-    return _Enumeration(x, weights, token_log_q, token_log_prior, rewards)
+    return _Enumeration(x, weights, token_log_q, token_log_prior, rewards, log_q_next)
 
 
 def _parameters(policy: AutoregressiveLM) -> list[torch.Tensor]:
@@ -186,9 +209,24 @@ def infinite_group_advantages(signal: torch.Tensor, weights: torch.Tensor, kind:
     centred = signal - (weights * signal).sum()
     if kind in ("loo", "group"):
         return centred
-    if kind == "group-std":
+    if kind in ("group-std", "batch-std"):
         return centred / ((weights * centred**2).sum().sqrt() + GROUP_STD_EPS)
     raise ValueError(f"unknown advantage {kind!r}")
+
+
+def infinite_batch_rewards(rewards: torch.Tensor, weights: torch.Tensor, kind: str) -> torch.Tensor:
+    r"""The limit ``(M,)`` of :func:`~bayes_klrl.rl.recipes.normalize_rewards` as the group (or batch) grows:
+    :math:`r' = (r - \mathbb{E}_{\bar q}r)/(\sigma_{\bar q}(r) + \epsilon)` (``group-std``, ``batch-std``),
+    :math:`r` itself for ``none``.
+
+    Example::
+
+        >>> infinite_batch_rewards(torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.5]), "none")
+        tensor([0., 1.])
+    """
+    if kind == "none":
+        return rewards
+    return infinite_group_advantages(rewards, weights, "group-std")
 
 
 def expected_recipe_gradient(
@@ -197,27 +235,50 @@ def expected_recipe_gradient(
     recipe: Recipe | str,
     *,
     beta: float | None = None,
+    behaviour: AutoregressiveLM | None = None,
     max_sequences: int = DEFAULT_MAX_ENUMERATION,
 ) -> torch.Tensor:
     r"""Exact expected gradient ``(P,)`` of :func:`~bayes_klrl.rl.recipes.recipe_loss` on a batch's first update,
     in the limit of infinite batches and groups (advantages from :func:`infinite_group_advantages`):
     :math:`\sum_x \bar q(x)\,\nabla\ell_{\text{recipe}}(x)`, each sequence's loss computed by ``recipe_loss``
-    itself. A descent direction: zero at the recipe's fixed point.
+    itself. A descent direction: zero at the recipe's fixed point. With a ``behaviour`` policy :math:`\mu` the
+    batch is drawn from it, :math:`\sum_x \mu(x)\nabla\ell(x)`, its per-token log-probabilities going to the
+    recipe's off-policy correction (sequence-level IS: exactly the on-policy gradient; none: not).
 
     Example::
 
         >>> g = expected_recipe_gradient(task, policy, "rl")     # = −∇J
     """
     recipe = PRESETS[recipe] if isinstance(recipe, str) else recipe
+    if recipe.kl_gradient != "sampled" or recipe.replay > 1:
+        raise ValueError("expected_recipe_gradient covers the on-policy sampled-KL recipes (not analytic, not replay)")
     beta = task.beta if beta is None else beta
-    e = _enumerate(task, policy, max_sequences)
+    vocab = bool(recipe.entropy_coef) and recipe.entropy_estimator == "token"
+    e = _enumerate(task, policy, max_sequences, vocab=vocab)
     old = e.token_log_q.detach()
-    signal = learning_signal(e.rewards, old, e.token_log_prior, beta, recipe).double()  # (M,)
+    behaviour_log_q = None
+    if behaviour is not None:
+        with torch.no_grad():
+            behaviour_log_q = behaviour.token_log_probs(e.sequences).to(old.dtype)  # (M, T)
+        e = dataclasses.replace(e, weights=behaviour_log_q.double().sum(-1).exp())
+    rewards = infinite_batch_rewards(e.rewards.double(), e.weights, recipe.reward_normalization).to(old.dtype)
+    signal = learning_signal(rewards, old, e.token_log_prior, beta, recipe).double()  # (M,)
     advantage = infinite_group_advantages(signal, e.weights, recipe.advantage).to(old.dtype)  # (M,)
     total = torch.zeros((), dtype=torch.float64, device=old.device)
     for i in range(e.sequences.shape[0]):  # recipe_loss averages over its batch: one sequence at a time
         s = slice(i, i + 1)
-        loss = recipe_loss(e.token_log_q[s], old[s], e.token_log_prior[s], advantage[s], beta, recipe)
+        log_q_next = None if e.log_q_next is None else e.log_q_next[s]
+        mu = None if behaviour_log_q is None else behaviour_log_q[s]
+        loss = recipe_loss(
+            e.token_log_q[s],
+            old[s],
+            e.token_log_prior[s],
+            advantage[s],
+            beta,
+            recipe,
+            log_q_next=log_q_next,
+            behaviour_token_log_q=mu,
+        )
         total = total + e.weights[i] * loss.double()
     return _flat_gradient(total, policy)
 
@@ -521,3 +582,178 @@ def bandit_fixed_point(
     if residual > FIXED_POINT_TOLERANCE:
         raise RuntimeError(f"bandit_fixed_point({recipe!r}, beta={beta}) did not converge: |gradient| = {residual:.2e}")
     return q
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the entropy bonus, by enumeration
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def entropy(task: Task, policy: AutoregressiveLM, *, max_sequences: int = DEFAULT_MAX_ENUMERATION) -> torch.Tensor:
+    r""":math:`H(q) = -\sum_x q(x)\log q(x)`, differentiable in every factor (float64). Its gradient
+    :math:`\nabla H = \mathbb{E}_q[-\log q(x)\,\nabla\log q(x)]` is what the sequence entropy bonus
+    (``entropy_estimator="sequence"``: :math:`-\alpha\log q(x)` in the signal) ascends, times :math:`\alpha`.
+
+    Example::
+
+        >>> h = entropy(task, task.make_policy())     # the prior's entropy
+    """
+    e = _enumerate(task, policy, max_sequences)
+    log_q = e.token_log_q.double().sum(-1)  # (M,)
+    return -(log_q.exp() * log_q).sum()
+
+
+def per_token_entropy(
+    task: Task, policy: AutoregressiveLM, *, max_sequences: int = DEFAULT_MAX_ENUMERATION
+) -> torch.Tensor:
+    r"""The per-token entropy the ``token`` estimator ascends, prefix weights held fixed (float64):
+    :math:`\sum_t \sum_{x_{<t}}\bar q(x_{<t})\,H(q(\cdot|x_{<t}))`, differentiable through the next-token
+    distributions only (as :func:`per_token_forward_kl`). Equal to :math:`H(q)` in value; its gradient differs from
+    :math:`\nabla H(q)` at :math:`T \ge 2` by the prefix weights' score terms.
+
+    Example::
+
+        >>> torch.isclose(per_token_entropy(task, policy), entropy(task, policy))   # same value
+        tensor(True)
+    """
+    if task.num_sequences > max_sequences:
+        raise ValueError(
+            f"task '{task.name}' has {task.num_sequences:,} sequences, above the enumeration limit {max_sequences:,}"
+        )
+    total = torch.zeros((), dtype=torch.float64)
+    for t in range(task.length):
+        prefixes = enumerate_sequences(task.vocab_size, t).to(policy.device)  # (V^t, t)
+        log_q_next = torch.log_softmax(policy.next_token_logits(prefixes).double(), -1)  # (V^t, V)
+        with torch.no_grad():
+            if t == 0:
+                prefix_weights = torch.ones(1, dtype=torch.float64, device=log_q_next.device)
+            else:
+                prefix_weights = policy.log_prob(prefixes).double().exp()  # (V^t,), detached
+        total = total + (prefix_weights * token_entropy(log_q_next[:, None, :])[:, 0]).sum().cpu()
+    return total
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# KL-in-the-reward options: fixed points over the arms of a bandit, or over the sequences of an enumerable task
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def in_reward_expected_gradient(
+    q: torch.Tensor,
+    prior_probs: torch.Tensor,
+    rewards: torch.Tensor,
+    beta: float,
+    *,
+    entropy_coef: float = 0.0,
+    reward_normalization: str = "none",
+    eps: float = GROUP_STD_EPS,
+) -> torch.Tensor:
+    r"""Expected gradient ``(M,)`` w.r.t. the logits of a softmax over arms (a bandit's tokens, or an enumerable
+    task's whole sequences) of a recipe with the k1 KL in the reward, infinite batch:
+    :math:`g_k = -q_k(R_k - \mathbb{E}_q R)` with
+
+    .. math:: R = r' - \beta\log(q/\pi_0) - \alpha\log q, \qquad
+        r' = r \ \text{or}\ (r - \mathbb{E}_q r)/(\sigma_q(r) + \epsilon)\ \text{(standardized before the KL)}.
+
+    A descent direction: zero at the recipe's fixed point (the sequence entropy estimator; ``loo`` or any
+    advantage that is a positive multiple of the centred signal).
+
+    Example::
+
+        >>> p0 = torch.tensor([0.5, 0.5], dtype=torch.float64); r = torch.tensor([0.0, 1.0], dtype=torch.float64)
+        >>> q = entropy_fixed_point(p0, r, 1.0, 0.5)
+        >>> in_reward_expected_gradient(q, p0, r, 1.0, entropy_coef=0.5).abs().max() < 1e-12
+        tensor(True)
+    """
+    prior, r = _check_bandit(prior_probs, rewards, beta)
+    q = torch.as_tensor(q, dtype=torch.float64).detach().cpu()
+    log_q = q.clamp_min(torch.finfo(torch.float64).tiny).log()
+    if reward_normalization != "none":
+        mu = (q * r).sum()
+        r = (r - mu) / (_std(q, r) + eps)
+    signal = r - beta * (log_q - prior.log()) - entropy_coef * log_q
+    return -q * (signal - (q * signal).sum())
+
+
+def _certified(q: torch.Tensor, residual: torch.Tensor, what: str) -> torch.Tensor:
+    if float(residual.abs().max()) > FIXED_POINT_TOLERANCE:
+        raise RuntimeError(f"{what} did not converge: |gradient| = {float(residual.abs().max()):.2e}")
+    return q
+
+
+def entropy_fixed_point(
+    prior_probs: torch.Tensor, rewards: torch.Tensor, beta: float, entropy_coef: float
+) -> torch.Tensor:
+    r"""The fixed point of the k1-in-reward recipe with a sequence entropy bonus :math:`\alpha`:
+    :math:`J + \alpha H` is maximized by
+
+    .. math:: q \propto \pi_0^{\beta/(\beta+\alpha)}\,e^{r/(\beta+\alpha)},
+
+    a flattened prior with the reward at temperature :math:`\beta + \alpha`: not :math:`\pi^*` for
+    :math:`\alpha > 0`. ``prior_probs`` and ``rewards`` ``(M,)`` over arms or whole sequences. Certified by
+    :func:`in_reward_expected_gradient`.
+
+    Example::
+
+        >>> p0 = torch.tensor([0.25, 0.75], dtype=torch.float64)
+        >>> entropy_fixed_point(p0, torch.zeros(2), 1.0, 1.0)      # √π0, normalized
+        tensor([0.3660, 0.6340], dtype=torch.float64)
+    """
+    prior, r = _check_bandit(prior_probs, rewards, beta)
+    if not (math.isfinite(entropy_coef) and entropy_coef >= 0):
+        raise ValueError(f"entropy_coef must be finite and >= 0, got {entropy_coef!r}")
+    q = torch.softmax((beta * prior.log() + r) / (beta + entropy_coef), -1)
+    residual = in_reward_expected_gradient(q, prior, r, beta, entropy_coef=entropy_coef)
+    return _certified(q, residual, f"entropy_fixed_point(beta={beta}, alpha={entropy_coef})")
+
+
+def standardized_reward_fixed_point(
+    prior_probs: torch.Tensor, rewards: torch.Tensor, beta: float, *, eps: float = GROUP_STD_EPS
+) -> torch.Tensor:
+    r"""The fixed point of a recipe that standardizes :math:`r` before adding the k1 KL to it
+    (``reward_normalization="group-std"`` or ``"batch-std"``, OpenRLHF's ``group_norm``), infinite groups:
+
+    .. math:: q = \pi^*_{\beta s} \propto \pi_0\,e^{r/(\beta s)}, \qquad s = \sigma_q(r) + \epsilon,
+
+    found self-consistently (largest root, as ``grpo_corr``). Because the in-reward KL is the exact reverse KL at
+    every :math:`T`, this holds over whole sequences, not only at :math:`T = 1`; below a threshold β the only root
+    is :math:`s \approx \epsilon` and the policy collapses onto :math:`\arg\max r`. Certified by
+    :func:`in_reward_expected_gradient`.
+
+    Example::
+
+        >>> p0 = torch.full((3,), 1 / 3, dtype=torch.float64)
+        >>> standardized_reward_fixed_point(p0, torch.tensor([0.0, 0.5, 1.0]), 2.0).sum()
+        tensor(1., dtype=torch.float64)
+    """
+    prior, r = _check_bandit(prior_probs, rewards, beta)
+    if float(r.max() - r.min()) == 0.0:
+        return prior.clone()
+    scale = _self_consistent_scale(lambda s: _tempered_posterior(prior, r, beta * s), r, eps)
+    q = _tempered_posterior(prior, r, beta * scale)
+    residual = in_reward_expected_gradient(q, prior, r, beta, reward_normalization="group-std", eps=eps)
+    return _certified(q, residual, f"standardized_reward_fixed_point(beta={beta})")
+
+
+def reference_reset_fixed_point(
+    prior_probs: torch.Tensor, rewards: torch.Tensor, beta: float, phases: int
+) -> torch.Tensor:
+    r"""Where the k1-in-reward recipe ends when the reference is replaced by the converged policy
+    (``reference_reset_every``) before each of ``phases - 1`` later phases: phase :math:`k` targets
+    :math:`\pi^*` with :math:`q_{k-1}` as prior, so
+
+    .. math:: q_k \propto \pi_0\,e^{k\,r/\beta}:
+
+    the posterior at :math:`\beta/k`, the evidence counted :math:`k` times (no stationary posterior: it tends to
+    :math:`\arg\max r`). After ``S`` steps with a reset every ``K``, ``phases = (S - 1) // K + 1``.
+
+    Example::
+
+        >>> p0 = torch.tensor([0.5, 0.5], dtype=torch.float64)
+        >>> reference_reset_fixed_point(p0, torch.tensor([0.0, 1.0]), 1.0, 2)    # ∝ (1, e²)
+        tensor([0.1192, 0.8808], dtype=torch.float64)
+    """
+    prior, r = _check_bandit(prior_probs, rewards, beta)
+    if isinstance(phases, bool) or not isinstance(phases, int) or phases < 1:
+        raise ValueError(f"phases must be a whole number >= 1, got {phases!r}")
+    return _tempered_posterior(prior, r, beta / phases)

@@ -81,6 +81,8 @@ def test_vectorized_chains_run_one_at_a_time_by_pyro():
     mcmc = pyro.infer.MCMC(kernel, num_samples=30, warmup_steps=5, disable_progbar=True)
     mcmc.run()
     assert mcmc.get_samples()["tokens"].shape == (30, 1, 3)
+    if not hasattr(az, "from_pyro"):
+        pytest.skip(f"ArviZ {az.__version__} has no Pyro converter (ArviZ 1.x dropped it)")
     idata = az.from_pyro(mcmc, log_likelihood=False)  # needs kernel.model and a "divergences" entry in diagnostics()
     assert "tokens" in idata.posterior
 
