@@ -130,7 +130,7 @@ def report(args: argparse.Namespace) -> int:
                                      progress=progress)  # fmt: skip
             else:  # a worker imports this file itself, then runs the experiment
                 future = pool.submit(call_in_file, __file__, "run_named", name, args.quick, str(out / name),
-                                     plot_only=args.plot_only, threads=args.threads)  # fmt: skip
+                                     plot_only=args.plot_only, threads=args.threads or 1)  # fmt: skip
             futures[future] = name
             if executor == "serial":
                 _record(index, index_path, out, known[name], future.result(), args)

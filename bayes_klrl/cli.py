@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import importlib.util
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -19,9 +21,9 @@ from pathlib import Path
 from . import compare  # called as compare.<name>, so that tests can replace compare.run_compare
 from .config import add_config_arguments, config_from_args, given_options
 from .diagnostics import reading_notes
-from .methods import METHODS, trained_methods
+from .methods import METHODS, OPTIMIZER_OPTIONS, trained_methods
 from .modelfile import ModelFileError, describe_model, load_model, shipped_tasks
-from .sweep import add_executor_arguments, executor_from_args, grid, run_sweep, save_sweep, sweep_rows
+from .sweep import add_executor_arguments, check_executor, executor_from_args, grid, run_sweep, save_sweep, sweep_rows
 from .task import DEFAULT_MAX_ENUMERATION, RewardError, resolve_policy_kind
 from .training import init_distributed_from_env
 
@@ -58,10 +60,17 @@ def _numbers(kind):
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line naming the flag (argparse prints its whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser. ``compare``'s options not given on the command line parse to ``None``, so a model
     file's ``COMPARE_DEFAULTS`` can fill them in below the command line."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bayes-klrl",
         description="KL-regularized RL as Bayesian inference: compare SVI, RL and exact posteriors on a task.",
     )
@@ -84,7 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="keyword passed to the model file's task(), e.g. --set length=4 (repeatable)",
     )
-    p.add_argument("--out", default="runs/compare", help="output folder (default: runs/compare)")
+    p.add_argument(
+        "--out",
+        default="runs/compare",
+        help="output folder (default: runs/compare); one that holds an earlier run is refused unless --resume or "
+        "--overwrite is given",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the earlier run in --out: its results and checkpoints are deleted before this run starts",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_config_arguments(p.add_argument_group("comparison settings"), compare.CompareConfig, skip=("max_enumeration",))
     g = p.add_argument_group(
@@ -148,15 +167,26 @@ def _compare(args) -> int:
         say("model file defaults: " + ", ".join(f"{k}={from_file[k]}" for k in used))
     for note in unused_option_notes(config, given):
         say(note)
-    out = compare.prepare_output(args.out)  # an unusable folder is found before any training
     sweeping = args.seeds is not None or args.betas is not None or args.executor not in (None, "serial")
     if sweeping and world_size > 1:
         raise ValueError("a sweep (--seeds, --betas, --executor) cannot run under torchrun; launch one or the other")
-    if sweeping:
-        return _sweep(args, config, given, out)
-    for flag in ("workers", "scheduler"):
-        if getattr(args, flag) is not None:
-            raise ValueError(f"--{flag} applies to sweeps (--seeds, --betas or --executor)")
+    if not sweeping:
+        for flag in ("workers", "scheduler", "threads"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag} applies to sweeps (--seeds, --betas or --executor)")
+    plan = _plan_sweep(args, config, given) if sweeping else None  # every refusal before the folder is touched
+    # an unusable folder, or one holding an earlier run, is found before any training
+    out, created = compare.claim_output(args.out, resume=config.resume, overwrite=args.overwrite, clear=rank == 0)
+    try:
+        if plan is not None:
+            return _sweep(args, out, *plan)
+        return _run(args, config, task, path, out, rank, world_size, say)
+    except BaseException:
+        compare.remove_if_empty(created)  # a refused or interrupted run leaves no empty folder behind
+        raise
+
+
+def _run(args, config, task, path, out, rank, world_size, say) -> int:
     enumerable = f"{task.num_sequences:,} sequences, enumerable" if task.is_enumerable() else "not enumerable"
     say(f"task {task.name}: V={task.vocab_size}, T={task.length}, beta={task.beta:g} ({enumerable})")
     if any(m in trained_methods() for m in config.methods):
@@ -182,25 +212,38 @@ def _compare(args) -> int:
         print(bounds)
     for note in reading_notes(rows):
         print(note)
+    for row in rows:
+        if row.get("importance_failed"):
+            print(f"note: {row['method']}'s importance-sampling columns are empty: {row['importance_failed']}")
     print(f"wrote {out / 'metrics.json'}")
     return 0
 
 
-def _sweep(args, config, given: dict, out: Path) -> int:
+def _plan_sweep(args, config, given: dict) -> tuple:
+    """The sweep's runs, executor and workers, every flag checked (nothing is created or started)."""
     if args.seeds is not None and "seed" in given:
         raise ValueError("--seed and --seeds both given; use --seeds")
     if args.betas is not None and args.beta is not None:
         raise ValueError("--beta and --betas both given; use --betas")
+    if args.betas is not None and any(not b > 0 for b in args.betas):
+        raise ValueError(f"--betas: every beta must be > 0, got {','.join(f'{b:g}' for b in args.betas)}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     executor, workers = executor_from_args(args)
     runs = grid(
         args.model,
         config,
         seeds=args.seeds or (config.seed,),
         betas=args.betas or (args.beta,),
-        out=out,
+        out=args.out,
         overrides=dict(args.overrides),
-        threads=args.threads,
+        threads=1 if args.threads is None else args.threads,
     )
+    check_executor(executor, workers=workers, scheduler=args.scheduler, runs=len(runs))
+    return runs, executor, workers
+
+
+def _sweep(args, out: Path, runs, executor: str, workers: int) -> int:
     where = {"serial": "in this process", "process": f"on {workers} local processes"}.get(
         executor, f"on Dask ({args.scheduler or f'a LocalCluster of {workers} workers'})"
     )
@@ -215,18 +258,27 @@ def _sweep(args, config, given: dict, out: Path) -> int:
 
 
 def unused_option_notes(config, given: dict) -> list[str]:
-    """One line per option given on the command line that none of the chosen methods reads."""
+    """One line per option given on the command line that a chosen method does not read: none of them (the
+    option is ignored), or some trained methods but not others (those ignore it: ``--kl-estimator k3`` with
+    ``svi``). The optimizer settings and ``--policy`` are read by every trained method."""
+    trained = trained_methods()
     readers: dict[str, list[str]] = {}
     for name, method in METHODS.items():
         for option in method.options:
             readers.setdefault(option, []).append(name)
+    for option in ("lr", "policy", *OPTIMIZER_OPTIONS):
+        readers.setdefault(option, list(trained))
     notes = []
     for option in given:
-        if option in readers and not set(readers[option]) & set(config.methods):
-            flag = "--" + option.replace("_", "-")
-            notes.append(
-                f"note: {flag} applies to {', '.join(readers[option])}, none of which is in --methods; ignored"
-            )
+        if option not in readers:
+            continue
+        flag = "--" + option.replace("_", "-")
+        ignoring = [m for m in config.methods if m in trained and m not in readers[option]]
+        if not set(readers[option]) & set(config.methods):
+            shown = "every trained method" if set(readers[option]) == set(trained) else ", ".join(readers[option])
+            notes.append(f"note: {flag} applies to {shown}, none of which is in --methods; ignored")
+        elif ignoring:
+            notes.append(f"note: {flag} is not an option of {', '.join(ignoring)}, which ignore(s) it")
     return notes
 
 
@@ -247,15 +299,72 @@ def _tasks(args) -> int:
     return 0
 
 
+#: options whose value is a comma-separated list that may start with a minus sign
+_LIST_OPTIONS = ("--betas", "--seeds")
+
+
+def _join_negative_lists(argv: list[str]) -> list[str]:
+    """``--betas -0.5,0.7`` as ``--betas=-0.5,0.7``: argparse reads a value starting with ``-`` that is not one
+    plain number as an option ("expected one argument"); joined, the value reaches the check that names it."""
+    out, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        following = argv[i + 1] if i + 1 < len(argv) else ""
+        if token in _LIST_OPTIONS and len(following) > 1 and following[0] == "-" and following[1] in "0123456789.":
+            out.append(f"{token}={following}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
+def as_flags(message: str) -> str:
+    """A library error about :class:`~bayes_klrl.compare.CompareConfig` fields, reworded with the flags the user
+    typed: ``kl_in='reward'`` → ``--kl-in reward``, ``replay=None`` → ``--replay none``, ``group_size`` →
+    ``--group-size``; a one-word field is a flag where it opens the message (``epochs and ...``)."""
+    names = {f.name for f in dataclasses.fields(compare.CompareConfig)}
+
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    def assignment(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2).strip("'\"")
+        return f"{flag(name)} {'none' if value == 'None' else value}" if name in names else match.group(0)
+
+    message = re.sub(r"(?<![\w-])([a-z_]+)=('[^']*'|\"[^\"]*\"|[^\s,;)]+)", assignment, message)
+    message = re.sub(r"(?<![\w-])([a-z]+_[a-z_]+)\b(?!=)", lambda m: flag(m[1]) if m[1] in names else m[0], message)
+    return re.sub(r"^((?:\w+: )?)([a-z]+)\b(?= )", lambda m: m[1] + (flag(m[2]) if m[2] in names else m[2]), message)
+
+
 def main(argv: list[str] | None = None) -> int:
-    warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")  # its refactor notice, not for users
     argv = list(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings():  # the filters and the one-line format last as long as the command
+        warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")  # its refactor notice
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, ``bayes-klrl: warning: ...`` (Python's own format starts with a file path and
+    repeats the source line), for the package's warnings; others keep Python's format."""
+    stream = sys.stderr if file is None else file
+    if getattr(category, "__module__", "").startswith("bayes_klrl"):
+        stream.write(f"bayes-klrl: warning: {message}\n")
+    else:
+        stream.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _main(argv: list[str]) -> int:
     try:
         if argv and argv[0] in SCRIPTS:  # the script parses its own options (and prints its own --help)
             return _script_main(argv[0])(argv[1:])
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(_join_negative_lists(argv))
         if args.command == "compare":
-            return _compare(args)
+            try:
+                return _compare(args)
+            except ValueError as exc:
+                raise ValueError(as_flags(str(exc))) from exc
         return _tasks(args)
     except (ValueError, FileNotFoundError) as exc:  # user input: one line, no traceback
         print(f"bayes-klrl: error: {exc}", file=sys.stderr)

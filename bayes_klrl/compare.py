@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -39,6 +40,8 @@ __all__ = [
     "CompareConfig",
     "Comparison",
     "bounds_table",
+    "claim_output",
+    "earlier_run_files",
     "check_compare_defaults",
     "format_table",
     "prepare_output",
@@ -102,7 +105,10 @@ class CompareConfig:
     )
 
     def __post_init__(self):
-        object.__setattr__(self, "methods", tuple(self.methods))
+        methods = self.methods
+        if isinstance(methods, str):  # "exact,rl" as the command line spells it, not the letters e, x, a ...
+            methods = [m.strip() for m in methods.split(",") if m.strip()]
+        object.__setattr__(self, "methods", tuple(methods))
         if not self.methods:
             raise ValueError("no methods given")
         unknown = [m for m in self.methods if m not in METHODS]
@@ -118,6 +124,18 @@ class CompareConfig:
         )
         if self.steps:
             optimizer.horizon(self.steps)  # a decay with no steps left after the warm-up
+        if self.steps and self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} runs past the end of the run (steps={self.steps})")
+        if self.steps and self.replay is not None and self.replay > self.steps:
+            raise ValueError(
+                f"replay={self.replay} keeps more batches than the run draws (steps={self.steps}); give at most "
+                f"{self.steps}"
+            )
+        if self.minibatches is not None and self.minibatches >= 1 and self.num_sequences % self.minibatches:
+            raise ValueError(
+                f"num_sequences={self.num_sequences} does not split into minibatches={self.minibatches} equal "
+                "minibatches; give a divisor"
+            )
         if self.log_every < 1 or self.checkpoint_every < 0:
             raise ValueError("log_every must be >= 1 and checkpoint_every >= 0")
         if self.kl_target is not None and not (math.isfinite(self.kl_target) and self.kl_target > 0):
@@ -217,6 +235,90 @@ def prepare_output(out: str | Path, flag: str = "--out") -> Path:
     return out
 
 
+def _run_files_in(folder: Path) -> list[Path]:
+    """The files a comparison or a sweep writes in ``folder`` (by name: nothing else is ever counted or removed)."""
+    names = ["metrics.json", "metrics.csv", "sweep.json", "sweep.csv"]
+    for method in METHODS:
+        names += [f"history_{method}.csv", f"{method}.nc"]
+    found = [folder / n for n in names if (folder / n).is_file()]
+    return found + sorted(p for p in folder.glob("*/checkpoint.pt") if p.is_file())  # a method's (or smc_twist's)
+
+
+def earlier_run_files(out: str | Path) -> list[Path]:
+    """The results and checkpoints of earlier comparisons or sweeps in ``out`` and in its sweep runs' folders
+    (``seed<s>``, ``beta<b>_seed<s>``), sorted; empty when ``out`` does not exist."""
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    found = _run_files_in(out)
+    for sub in sorted(out.iterdir()):
+        if sub.is_dir() and re.fullmatch(r"(beta[^/]+_)?seed-?\d+", sub.name):
+            found += _run_files_in(sub)
+    return sorted(found)
+
+
+def _created_by(out: Path) -> Path | None:
+    """The outermost folder of ``out``'s path that does not exist yet (what creating ``out`` would create)."""
+    created = None
+    for folder in [out, *out.parents]:
+        if folder.exists():
+            break
+        created = folder
+    return created
+
+
+def remove_if_empty(folder: Path | None) -> None:
+    """Remove ``folder`` and its subfolders if no file lies anywhere below it (a refused run leaves nothing)."""
+    if folder is None or not folder.is_dir():
+        return
+    if any(p.is_file() or p.is_symlink() for p in folder.rglob("*")):
+        return
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        sub.rmdir()
+    folder.rmdir()
+
+
+def claim_output(
+    out: str | Path, *, resume: bool = False, overwrite: bool = False, clear: bool = True, flag: str = "--out"
+) -> tuple[Path, Path | None]:
+    """Check an output folder before any work and make it ready: a folder holding an earlier run's results or
+    checkpoints (:func:`earlier_run_files`) is refused unless ``resume`` (continue it) or ``overwrite`` (its
+    earlier files are deleted first, so nothing stale is left); ``resume`` with no checkpoint in it is refused
+    too. Files that are not a run's are never touched.
+
+    :param clear: delete the earlier files on ``overwrite`` (``False`` on the data-parallel ranks other than 0,
+        which only check).
+    :returns: ``(out, created)``: the folder, and the outermost folder this call created (``None`` if it
+        existed), which :func:`remove_if_empty` takes away again when the run is refused later.
+    :raises ValueError: one line, naming ``flag``, ``--resume`` or ``--overwrite`` as the user typed them.
+    """
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite both given: continue the earlier run or replace it, not both")
+    if str(out).strip() == "":
+        raise ValueError(f"{flag} is empty; give an output folder")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{flag} {out} is a file, not a folder")
+    found = earlier_run_files(out)
+    if resume and not any(p.name == "checkpoint.pt" for p in found):
+        raise ValueError(f"--resume: {flag} {out} holds no checkpoint to resume from; run without --resume")
+    if found and not (resume or overwrite):
+        shown = ", ".join(str(p.relative_to(out)) for p in found[:3]) + (", ..." if len(found) > 3 else "")
+        raise ValueError(
+            f"{flag} {out} already holds a run ({shown}); add --resume to continue it, --overwrite to replace it, "
+            "or choose another folder"
+        )
+    created = _created_by(out)
+    out = prepare_output(out, flag)
+    if overwrite and clear:
+        for path in found:
+            path.unlink(missing_ok=True)
+        for folder in sorted({p.parent for p in found} - {out}, key=lambda p: len(p.parts), reverse=True):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()  # a method's or a sweep run's folder emptied by the deletion
+    return out, created
+
+
 def run_compare(
     task: Task, config: CompareConfig, *, checkpoint_dir: str | Path | None = None, progress: bool = False
 ) -> Comparison:
@@ -228,6 +330,8 @@ def run_compare(
         >>> [row.method for row in comparison.rows]
         ['exact', 'svi']
     """
+    if config.resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir, the folder holding the checkpoints to resume from")
     enumerable = task.is_enumerable(config.max_enumeration)
     if "exact" in config.methods and not enumerable:
         raise ValueError(

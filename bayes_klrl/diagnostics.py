@@ -99,7 +99,7 @@ def _dataset(variables: dict, length: int, attrs: dict):
 
 
 def _from_dict(
-    posterior: dict, sample_stats: dict | None, attrs: dict, log_likelihood: str = "reward", **extra_groups: dict
+    posterior: dict, sample_stats: dict | None, attrs: dict, log_likelihood: str = "reward_over_beta", **extra_groups: dict
 ) -> az.InferenceData:
     length = attrs["length"]
     groups = {"posterior": _dataset(posterior, length, attrs)}
@@ -138,7 +138,7 @@ def importance_inference_data(task: Task, result: ImportanceResult, method: str 
     - ``posterior`` (one chain): the draws *resampled* in proportion to their weights
       :math:`w = \pi_0 e^{r/\beta}/q` (sampling-importance-resampling), so ``az.summary`` estimates posterior
       means; repeated draws make ArviZ's ESS optimistic, so read the importance ESS in ``attrs["ess"]``;
-    - ``log_likelihood``: ``reward`` :math:`= r/\beta` of those draws (the log-likelihood of the program);
+    - ``log_likelihood``: ``reward_over_beta`` :math:`= r/\beta` of those draws (the log-likelihood of the program);
     - ``proposal`` (a group of this package): the draws as the proposal :math:`q` made them, with
       ``log_weight`` and the PSIS-smoothed, normalized ``psis_log_weight``: weighted draws, never in ``posterior``.
 
@@ -287,7 +287,8 @@ def reading_notes(rows: list[dict]) -> list[str]:
             notes.append(f"note: smc gives the lower bound on log Z only: {reason}")
         if row.get("khat_label") == "unreliable" and row["method"] != "is":
             notes.append(
-                f"note: {row['method']} k-hat {row['khat']:.2f} with ESS {row['ess']:.3f}: the policy is not yet a "
-                "reliable importance proposal for the posterior (train longer, or read its KL where it is exact)"
+                f"note: {row['method']} k-hat unreliable ({row.get('khat_reason') or 'k-hat above 0.7'}): the "
+                "policy is not yet a reliable importance proposal for the posterior (train longer, or read its KL "
+                "where it is exact)"
             )
     return notes

@@ -98,6 +98,11 @@ def shipped_tasks() -> dict[str, Path]:
 def resolve_model(spec: str) -> Path:
     """A shipped task's name or a path to a model file → the file's path."""
     path = Path(spec)
+    if path.is_dir():
+        raise ModelFileError(
+            f"MODEL '{spec}' is a folder, not a model file: give a shipped task's name (bayes-klrl tasks) or a .py "
+            "file (an output folder goes after --out)"
+        )
     if path.suffix == ".py" or os.sep in spec or "/" in spec:
         if not path.is_file():
             raise ModelFileError(f"model file '{spec}' not found")

@@ -30,6 +30,7 @@ import dataclasses
 import importlib.util
 import multiprocessing
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .compare import CompareConfig, prepare_output, run_compare, save_comparison
+from .compare import CompareConfig, prepare_output, remove_if_empty, run_compare, save_comparison
 from .modelfile import load_model
 from .storage import write_csv, write_json
 
@@ -46,6 +47,7 @@ __all__ = [
     "SweepRun",
     "add_executor_arguments",
     "call_in_file",
+    "check_executor",
     "executor_from_args",
     "grid",
     "make_executor",
@@ -126,14 +128,25 @@ def grid(
 def run_one(run: SweepRun) -> dict:
     """Run one comparison (in whatever process the executor chose) and write its folder; returns its
     ``metrics.json`` document."""
+    if _INTERRUPTED.is_set():  # a worker that saw Ctrl-C starts no queued run
+        raise KeyboardInterrupt
     torch.set_num_threads(run.threads)
     task, _, _ = load_model(run.model, **dict(run.overrides))
     if run.beta is not None:
         task = task.replace(beta=run.beta)
     out = prepare_output(run.out)
-    comparison = run_compare(task, run.config, checkpoint_dir=out, progress=False)
+    try:
+        comparison = run_compare(task, run.config, checkpoint_dir=out, progress=False)
+    except KeyboardInterrupt:  # the run has saved its checkpoint
+        if multiprocessing.parent_process() is not None:  # only a pool's worker process remembers it
+            _INTERRUPTED.set()
+        raise
     save_comparison(comparison, out)
     return {**comparison.metrics, "folder": run.name}
+
+
+#: set in a pool's worker process once Ctrl-C reached it: the runs queued to it are not started
+_INTERRUPTED = threading.Event()
 
 
 class _InlineExecutor(cf.Executor):
@@ -143,7 +156,7 @@ class _InlineExecutor(cf.Executor):
         future: cf.Future = cf.Future()
         try:
             future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # handed to .result(), as a pool would
+        except Exception as exc:  # handed to .result(), as a pool would; Ctrl-C stops the loop that submits
             future.set_exception(exc)
         return future
 
@@ -185,6 +198,48 @@ def make_executor(kind: str = "serial", *, workers: int = 1, scheduler: str | No
                 yield client.get_executor()
 
 
+def check_executor(kind: str, *, workers: int, scheduler: str | None = None, runs: int | None = None) -> None:
+    """Refuse, before anything is created or started, an executor that cannot run: an unknown kind, fewer than
+    one worker or more workers than ``runs``, ``dask`` without the ``distributed`` package, or a scheduler
+    address where nothing answers (a TCP connection is tried for 5 s; errors name the flags).
+
+    :raises ValueError: one line.
+    """
+    if kind not in EXECUTORS:
+        raise ValueError(f"unknown executor {kind!r}; choose from {', '.join(EXECUTORS)}")
+    if isinstance(workers, bool) or int(workers) < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers!r}")
+    if runs is not None and kind != "serial" and int(workers) > runs:
+        raise ValueError(f"--workers {workers} is more than the {runs} run(s) of this sweep; give at most {runs}")
+    if scheduler is not None and kind != "dask":
+        raise ValueError("--scheduler needs --executor dask")
+    if kind == "dask":
+        if importlib.util.find_spec("distributed") is None:
+            raise ValueError(f"--executor dask needs the distributed package: {_CLUSTER_HINT}")
+        if scheduler is not None:
+            _check_scheduler(scheduler)
+
+
+def _check_scheduler(address: str, timeout: float = 5.0) -> None:
+    """Try a TCP connection to a ``tcp://host:port`` (or ``host:port``) scheduler address."""
+    import socket
+    import urllib.parse
+
+    parsed = urllib.parse.urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError:  # a port that is not a number
+        host, port = None, None
+    if not host or not port:
+        raise ValueError(f"--scheduler {address}: expected an address like tcp://host:8786")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ValueError(f"--scheduler {address}: no Dask scheduler answers there ({reason})") from None
+
+
 def call_in_file(path: str, function: str, *args, threads: int = 1, **kwargs):
     """Import the Python file ``path`` (its folder first on ``sys.path``, as running it would) and call its
     ``function``: how a script's work (an experiment of ``analysis/``) is sent to an executor's worker, which
@@ -214,7 +269,7 @@ def add_executor_arguments(group) -> None:
     )
     group.add_argument("--scheduler", default=None, metavar="ADDRESS", help="a Dask scheduler, e.g. tcp://host:8786")
     group.add_argument(
-        "--threads", type=int, default=1, help="torch threads of each run on a pool or cluster (default 1)"
+        "--threads", type=int, default=None, help="torch threads of each run on a pool or cluster (default 1)"
     )
 
 
@@ -237,10 +292,20 @@ def run_sweep(
     """Submit every run to the executor and gather their ``metrics.json`` documents, in the order of ``runs``.
 
     The output folders are checked (created, writable) before anything is submitted. A run that fails stops the
-    sweep with its error once the runs already submitted have finished; the folders of finished runs stay.
+    sweep with its error once the runs already submitted have finished; the folders of finished runs stay. On
+    Ctrl-C the running runs save their checkpoints (``--resume`` continues the sweep) and no queued run starts.
     """
     for run in runs:
         prepare_output(run.out)
+    try:
+        return _gather(runs, executor=executor, workers=workers, scheduler=scheduler, progress=progress)
+    except KeyboardInterrupt:
+        for run in runs:
+            remove_if_empty(Path(run.out))  # the folders of runs that never started
+        raise
+
+
+def _gather(runs, *, executor: str, workers: int, scheduler: str | None, progress: bool) -> list[dict]:
     results: list[dict | None] = [None] * len(runs)
     with make_executor(executor, workers=workers, scheduler=scheduler) as pool:
         futures = {pool.submit(run_one, run): i for i, run in enumerate(runs)}
@@ -249,6 +314,10 @@ def run_sweep(
             for future in cf.as_completed(futures):
                 results[futures[future]] = future.result()
                 bar.update(1)
+        except KeyboardInterrupt:  # the running runs save their checkpoints; the queued ones never start
+            for future in futures:
+                future.cancel()
+            raise
         finally:
             bar.close()
     return results  # type: ignore[return-value]

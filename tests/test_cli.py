@@ -330,7 +330,7 @@ def test_a_second_run_in_the_same_folder_removes_the_first_runs_results(user_mod
     assert main([*base, "--methods", "exact,rl"]) == 0
     assert (out / "rl.nc").exists() and (out / "history_rl.csv").exists()
     (out / "notes.txt").write_text("mine")  # a file the user made is never touched
-    assert main([*base, "--methods", "exact,svi"]) == 0
+    assert main([*base, "--methods", "exact,svi", "--overwrite"]) == 0
     names = {p.name for p in out.iterdir()}
     assert {"svi.nc", "history_svi.csv", "notes.txt"} <= names and not {"rl.nc", "history_rl.csv"} & names
     assert json.loads((out / "metrics.json").read_text())["files"] == ["history_svi.csv", "svi.nc", "metrics.json",
@@ -379,7 +379,7 @@ def test_unreadable_checkpoints_give_one_line_naming_the_file(content, user_mode
     [
         (["--steps", "2"], "past this run's 2 steps"),
         (["--set", "length=3"], "was written with"),
-        (["--lr", "0.05"], "lr=0.02"),
+        (["--lr", "0.05"], "--lr 0.02"),
     ],
     ids=["fewer-steps", "other-task", "other-lr"],
 )
@@ -404,9 +404,9 @@ def test_bad_settings_fail_before_any_method_runs(user_model, tmp_path, capsys):
 @pytest.mark.parametrize(
     "options, message",
     [
-        (["--replay", "4", "--estimator", "trace"], "svi: replay is an option of the 'loo' estimator"),
-        (["--replay", "4", "--sites", "tokens"], "svi: replay rescores earlier draws"),
-        (["--kl-gradient", "analytic", "--estimator", "trace"], "svi: kl_gradient='analytic' is an option"),
+        (["--replay", "4", "--estimator", "trace"], "svi: --replay is an option of the 'loo' estimator"),
+        (["--replay", "4", "--sites", "tokens"], "svi: --replay rescores earlier draws"),
+        (["--kl-gradient", "analytic", "--estimator", "trace"], "svi: --kl-gradient analytic is an option"),
     ],
     ids=["replay-trace", "replay-tokens", "analytic-trace"],
 )

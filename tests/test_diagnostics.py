@@ -57,7 +57,9 @@ def test_importance_inference_data_keeps_weighted_draws_out_of_the_posterior_gro
     unweighted = float(idata.posterior["reward"].mean())
     prior_mean = float(idata.proposal["reward"].mean())
     assert abs(unweighted - exact) < RESAMPLED_MEAN_TOL < abs(prior_mean - exact)
-    np.testing.assert_allclose(idata.log_likelihood["reward"].values, idata.posterior["reward_over_beta"].values)
+    np.testing.assert_allclose(
+        idata.log_likelihood["reward_over_beta"].values, idata.posterior["reward_over_beta"].values
+    )
 
 
 def test_diagnostics_table_and_scalar_diagnostics():

@@ -203,24 +203,6 @@ def task(beta=1.0, length=6):
 """
 
 
-@pytest.mark.filterwarnings("ignore::bayes_klrl.estimators.NoFeasibleSampleWarning")  # training sees no feasible batch
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["--methods", "is", "--steps", "1", "--num-sequences", "4", "--eval-samples", "4"],
-        ["--methods", "rl", "--steps", "2", "--num-sequences", "16", "--eval-samples", "64"],
-    ],
-    ids=["is", "rl"],
-)
-def test_cli_reports_samples_without_support_in_one_line(argv, tmp_path, capsys):
-    path = tmp_path / "rare.py"
-    path.write_text(RARE_MODEL)
-    code = main(["compare", str(path), *argv, "--out", str(tmp_path / "o"), "--no-progress"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and "no support among the samples" in err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-
-
 # -- broken model files through the CLI ------------------------------------------------------------------------
 MODEL = """
 import math

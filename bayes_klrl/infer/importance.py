@@ -42,11 +42,16 @@ __all__ = [
     "BOUNDED_WEIGHT_RATIO",
     "KHAT_GOOD",
     "KHAT_USABLE",
+    "NoSupportError",
     "ImportanceResult",
     "PolicyDiagnostics",
     "importance_log_weights",
     "importance_sample",
+    "ESS_MIN",
+    "KHAT_MIN",
+    "MAX_WEIGHT_SHARE",
     "khat_label",
+    "khat_reading",
     "pareto_khat",
     "policy_diagnostics",
 ]
@@ -66,9 +71,85 @@ _CONSTANT_SPREAD = 1e-9
 _MIN_TAIL_SAMPLES = 25
 
 
+#: a normalized importance ESS below this reads ``unreliable`` whatever k̂: the estimates rest on fewer than one
+#: draw in twenty (a policy 3.9 nats from π* had k̂ = −4.3 and ESS 0.001 on ``markov``)
+ESS_MIN = 0.05
+#: a finite k̂ below this, on weights not bounded by :data:`BOUNDED_WEIGHT_RATIO`, reads ``unreliable``: the GPD
+#: fitted a sharp upper edge, i.e. the largest weights are a few repeated values (the draws cover few sequences),
+#: not a tail. ``ppo`` on ``markov`` (k3, defaults) settled 3.87 nats from π* with k̂ = −4.29, ESS 0.34 and
+#: largest weight 8.4× the mean, on sequences of reward 6 only
+KHAT_MIN = -1.0
+#: a largest weight holding more than this share of the weights' sum reads ``unreliable``: one draw decides
+MAX_WEIGHT_SHARE = 0.5
+
+
+def khat_reading(
+    khat: float,
+    max_weight_ratio: float | None = None,
+    *,
+    ess: float | None = None,
+    num_samples: int | None = None,
+    distinct: int | None = None,
+) -> tuple[str, str]:
+    r"""The reading of a Pareto :math:`\hat k` and the reason for it: ``(label, reason)``.
+
+    In order: a :math:`\hat k` that is not finite reads ``unreliable`` (``+inf``: too few finite weights to fit
+    a tail; ``-inf``: the weights take too few distinct values to have one, as when a collapsed policy draws one
+    sequence over and over, so they cannot show a poor proposal), except a ``-inf`` from weights bounded by
+    :data:`BOUNDED_WEIGHT_RATIO` over at least 25 ``distinct`` sequences (``good``: a proposal equal to
+    :math:`\pi^*` on them); so does a normalized ``ess`` below
+    :data:`ESS_MIN`, or a largest weight holding more than :data:`MAX_WEIGHT_SHARE` of the sum
+    (``max_weight_ratio / num_samples``). Otherwise a ``max_weight_ratio`` of at most
+    :data:`BOUNDED_WEIGHT_RATIO` reads ``good``; a :math:`\hat k` below :data:`KHAT_MIN` ``unreliable``; and
+    else the Yao et al. (2018) thresholds apply: ``good`` below 0.5, ``usable`` to 0.7, ``unreliable`` above.
+
+    :param distinct: how many distinct sequences the draws hold (named in the reason of a ``-inf``).
+
+    Example::
+
+        >>> khat_reading(float("-inf"), 1.0, ess=1.0, num_samples=1024, distinct=1)[0]
+        'unreliable'
+        >>> khat_reading(0.3, 5.0, ess=0.8)
+        ('good', 'k-hat 0.3 < 0.5')
+    """
+    if khat == math.inf:
+        return "unreliable", "k-hat is inf: too few draws with finite weight to fit the tail"
+    if khat == -math.inf:
+        bounded = max_weight_ratio is not None and max_weight_ratio <= BOUNDED_WEIGHT_RATIO
+        if bounded and distinct is not None and distinct >= _MIN_TAIL_SAMPLES:
+            return "good", (
+                f"k-hat is -inf: bounded weights with no tail (largest {max_weight_ratio:.3g} x the mean) over "
+                f"{distinct:,} distinct sequences"
+            )
+        held = f" ({distinct:,} distinct sequence(s) among the draws)" if distinct is not None else ""
+        return "unreliable", (
+            "k-hat is -inf: the weights take too few distinct values to have a tail" + held + ", so they cannot "
+            "show a poor proposal"
+        )
+    if math.isnan(khat):
+        return "unreliable", "k-hat is NaN"
+    if ess is not None and ess < ESS_MIN:
+        return "unreliable", f"ESS {ess:.3g} < {ESS_MIN:g} of the draws"
+    if max_weight_ratio is not None and num_samples and max_weight_ratio / num_samples > MAX_WEIGHT_SHARE:
+        share = max_weight_ratio / num_samples
+        return "unreliable", f"the largest weight holds {share:.3g} of the total (> {MAX_WEIGHT_SHARE:g})"
+    if max_weight_ratio is not None and max_weight_ratio <= BOUNDED_WEIGHT_RATIO:
+        return "good", f"largest weight {max_weight_ratio:.3g} <= {BOUNDED_WEIGHT_RATIO:g} x the mean"
+    if khat < KHAT_MIN:
+        return "unreliable", (
+            f"k-hat {khat:.3g} < {KHAT_MIN:g}: the largest weights are a few repeated values, not a tail (the draws "
+            "cover few sequences)"
+        )
+    if khat > KHAT_USABLE:
+        return "unreliable", f"k-hat {khat:.3g} > {KHAT_USABLE:g}"
+    if khat < KHAT_GOOD:
+        return "good", f"k-hat {khat:.3g} < {KHAT_GOOD:g}"
+    return "usable", f"k-hat {khat:.3g} in [{KHAT_GOOD:g}, {KHAT_USABLE:g}]"
+
+
 def khat_label(khat: float, max_weight_ratio: float | None = None) -> str:
     r"""The Yao et al. (2018) reading of a Pareto :math:`\hat k`: ``good`` (< 0.5), ``usable`` (0.5–0.7)
-    or ``unreliable`` (> 0.7, or not finite-and-below).
+    or ``unreliable`` (> 0.7, or not finite). :func:`khat_reading` also weighs the ESS and gives the reason.
 
     With ``max_weight_ratio`` (the largest weight over the mean weight) at most :data:`BOUNDED_WEIGHT_RATIO`,
     the reading is ``good`` whatever :math:`\hat k`: no draw carries more than three times its share, so no few
@@ -81,9 +162,11 @@ def khat_label(khat: float, max_weight_ratio: float | None = None) -> str:
         >>> khat_label(0.3), khat_label(0.6), khat_label(1.2), khat_label(1.2, max_weight_ratio=1.3)
         ('good', 'usable', 'unreliable', 'good')
     """
+    if not math.isfinite(khat):  # no tail could be fitted (see khat_reading)
+        return "unreliable"
     if max_weight_ratio is not None and max_weight_ratio <= BOUNDED_WEIGHT_RATIO:
         return "good"
-    if math.isnan(khat) or khat > KHAT_USABLE:
+    if khat > KHAT_USABLE:
         return "unreliable"
     return "good" if khat < KHAT_GOOD else "usable"
 
@@ -171,7 +254,8 @@ class ImportanceResult:
     :ivar log_z: :math:`\log\hat Z = \operatorname{logmeanexp}(\log w)`.
     :ivar log_z_se: its delta-method Monte Carlo standard error :math:`\mathrm{sd}(w)/(\sqrt N\,\hat Z)`.
     :ivar ess: normalized effective sample size :math:`(\sum w)^2 / (N \sum w^2)` in (0, 1].
-    :ivar khat: PSIS Pareto :math:`\hat k` (``-inf`` when all weights are equal); ``khat_label`` its reading.
+    :ivar khat: PSIS Pareto :math:`\hat k` (``-inf`` when all weights are equal); ``khat_label`` its reading and
+        ``khat_reason`` why (:func:`khat_reading`).
     :ivar max_weight_ratio: the largest weight over the mean weight, :math:`N \max_i \bar w_i` (1 when all are
         equal; at most :data:`BOUNDED_WEIGHT_RATIO` reads as ``good`` whatever :math:`\hat k`).
     :ivar expected_reward: self-normalized :math:`\hat{\mathbb{E}}_{\pi^*}[r]`;
@@ -200,6 +284,7 @@ class ImportanceResult:
     smoothed_log_weights: torch.Tensor
     resampled: torch.Tensor
     resample_index: torch.Tensor
+    khat_reason: str = ""
 
     @property
     def num_samples(self) -> int:
@@ -226,8 +311,12 @@ class ImportanceResult:
         return self.samples.log_q
 
 
+class NoSupportError(ValueError):
+    """Every importance draw has weight 0 (reward −inf): nothing estimates the posterior from these draws."""
+
+
 def _no_support(num_samples: int) -> ValueError:
-    return ValueError(
+    return NoSupportError(
         f"importance sampling: all {num_samples} samples have weight 0 (reward -inf); the posterior has no "
         "support among the samples (use more samples or a proposal that satisfies the constraint)"
     )
@@ -295,12 +384,20 @@ def importance_sample(
     mean_r = (probs * r0).sum()
     resample_gen = torch.Generator().manual_seed(seed)
     idx = torch.multinomial(probs, num_samples, replacement=True, generator=resample_gen)
+    label, reason = khat_reading(
+        khat,
+        summary.max_weight_ratio,
+        ess=summary.ess,
+        num_samples=num_samples,
+        distinct=int(torch.unique(samples.tokens, dim=0).shape[0]) if khat == -math.inf else None,  # (N, T) rows
+    )
     return ImportanceResult(
         log_z=summary.log_z,
         log_z_se=summary.log_z_se,
         ess=summary.ess,
         khat=khat,
-        khat_label=khat_label(khat, summary.max_weight_ratio),
+        khat_label=label,
+        khat_reason=reason,
         max_weight_ratio=summary.max_weight_ratio,
         expected_reward=float(mean_r),
         expected_reward_se=float(torch.sqrt((probs**2 * (r0 - mean_r) ** 2).sum())),

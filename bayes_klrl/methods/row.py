@@ -4,6 +4,7 @@ and the :class:`RunContext` a method reads."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +47,19 @@ class Row:
     scored: str | None = _column("'exact' (enumeration) or 'monte carlo': how elbo .. kl_to_prior were obtained")
     log_z_se: float | None = _column("standard error of log Z-hat (delta method)")
     ess: float | None = _column("normalized importance ESS (sum w)^2 / (N sum w^2), in (0, 1]")
-    khat: float | None = _column("PSIS Pareto k-hat of the importance weights (< 0.5 good, > 0.7 unreliable)")
-    khat_label: str | None = _column("k-hat's reading: good, usable, unreliable (good also if max_weight_ratio <= 3)")
+    khat: float | None = _column(
+        "PSIS Pareto k-hat of the importance weights (< 0.5 good, > 0.7 unreliable); null when it is not finite "
+        "(khat_reason says which way)"
+    )
+    khat_label: str | None = _column(
+        "k-hat's reading: good, usable or unreliable; unreliable also when k-hat is not finite, the ESS is below "
+        "0.05 or one weight holds over half the total; good also if max_weight_ratio <= 3"
+    )
+    khat_reason: str | None = _column("why khat_label reads as it does (the figure that decided it)")
+    importance_failed: str | None = _column(
+        "why this row's importance-sampling columns (log_z, log_z_se, ess, khat ...) are empty: the scoring failed "
+        "(the exact figures, when the task is enumerable, are still there)"
+    )
     max_weight_ratio: float | None = _column("largest importance weight over the mean weight")
     rhat: float | None = _column("MCMC R-hat of the reward across chains (> 1.01: not mixed)")
     ess_bulk: float | None = _column("MCMC bulk effective sample size of the reward")
@@ -100,15 +112,20 @@ class Row:
         "scored",
     )
 
+    #: the columns of importance sampling with the method's policy (or the prior) as proposal
+    IMPORTANCE = ("log_z_se", "ess", "khat", "khat_label", "khat_reason", "max_weight_ratio")
+
     def to_dict(self) -> dict:
         """The flat record written to metrics.json: the shared columns, the diagnostics that are set, then the
         method's settings."""
         out = {}
+        # the importance columns come together: an empty one is written null (its reason beside it)
+        importance = any(getattr(self, name) is not None for name in (*self.IMPORTANCE, "importance_failed"))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name == "settings":
                 continue
-            if f.name in self.SHARED or value is not None:
+            if f.name in self.SHARED or value is not None or (importance and f.name in self.IMPORTANCE):
                 out[f.name] = value
         out.update(self.settings)
         return out
@@ -161,7 +178,8 @@ def _importance_columns(result) -> dict:
         "log_z": result.log_z,
         "log_z_se": result.log_z_se,
         "ess": result.ess,
-        "khat": result.khat,
+        "khat": result.khat if math.isfinite(result.khat) else None,  # an infinite k-hat is explained in the reason
         "khat_label": result.khat_label,
+        "khat_reason": result.khat_reason,
         "max_weight_ratio": result.max_weight_ratio,
     }

@@ -9,7 +9,7 @@ import torch
 
 from ..diagnostics import importance_inference_data, mcmc_inference_data, scalar_diagnostics
 from ..exact import total_variation
-from ..infer.importance import importance_sample
+from ..infer.importance import NoSupportError, importance_sample
 from ..infer.mcmc import run_mcmc
 from .registry import Method
 from .row import EXACT, MONTE_CARLO, MethodResult, Row, RunContext, _importance_columns
@@ -59,9 +59,20 @@ class ImportanceMethod(Method):
         task, config = context.task, context.config
         num_samples = max(config.steps * config.num_sequences, config.eval_samples)
         t0 = time.perf_counter()
-        imp = importance_sample(
-            task, None, num_samples=num_samples, chunk_size=max(config.num_sequences, 4096), seed=config.seed
-        )
+        try:
+            imp = importance_sample(
+                task, None, num_samples=num_samples, chunk_size=max(config.num_sequences, 4096), seed=config.seed
+            )
+        except NoSupportError as exc:  # the other rows are still written; this one says why it is empty
+            row = Row(
+                method=self.name,
+                scored=MONTE_CARLO,
+                reward_evaluations=num_samples,
+                wall_seconds=time.perf_counter() - t0,
+                settings={"proposal": "prior"},
+                importance_failed=str(exc),
+            )
+            return MethodResult(row=row)
         wall = time.perf_counter() - t0
         row = Row(
             method=self.name,

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..diagnostics import importance_inference_data
 from ..exact import ExactPosterior, policy_metrics
-from ..infer.importance import importance_sample
+from ..infer.importance import NoSupportError, importance_sample
 from ..lm import AutoregressiveLM
 from ..task import Task
 from ..training import fit
@@ -34,13 +34,20 @@ def score_policy(
     Without a posterior, ELBO, :math:`\mathbb{E}_q[r]` and :math:`\mathrm{KL}(q\|\pi_0) = \mathbb{E}_q[\log q - \log\pi_0]`
     are Monte Carlo averages over the same draws.
 
-    :returns: ``(columns, importance_result)``.
+    :returns: ``(columns, importance_result)``; the result is ``None`` (and ``importance_failed`` says why)
+        when every draw has weight 0.
     """
-    imp = importance_sample(task, policy, num_samples=num_samples, chunk_size=chunk_size, seed=seed)
-    columns = _importance_columns(imp)
+    try:
+        imp = importance_sample(task, policy, num_samples=num_samples, chunk_size=chunk_size, seed=seed)
+    except NoSupportError as exc:  # the exact figures still stand; the row says why its Monte Carlo ones are empty
+        imp, columns = None, {"importance_failed": str(exc)}
+    else:
+        columns = _importance_columns(imp)
     if posterior is not None:
         exact = dataclasses.asdict(policy_metrics(task, policy, posterior))  # every figure the Row has a column for
         columns.update(scored=EXACT, **{k: v for k, v in exact.items() if k in _ROW_COLUMNS})
+    elif imp is None:
+        columns.update(scored=MONTE_CARLO)
     else:  # E_q[log w] = ELBO(q); E_q[r]; KL(q‖π0)
         draws = imp.samples
         columns.update(
@@ -155,6 +162,6 @@ class TrainedMethod(Method):
             settings=settings,
             **columns,
         )
-        return MethodResult(
-            row=row, inference_data=importance_inference_data(task, imp, self.name), fit=result, draws=imp.samples
-        )
+        idata = importance_inference_data(task, imp, self.name) if imp is not None else None
+        draws = imp.samples if imp is not None else None
+        return MethodResult(row=row, inference_data=idata, fit=result, draws=draws)

@@ -3,7 +3,10 @@ r"""The training loop :func:`fit`: seeding, logging, progress, checkpoints and r
 from __future__ import annotations
 
 import inspect
+import numbers
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +59,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class _DeferredInterrupt:
+    """While active (in the main thread), the first Ctrl-C only sets ``requested``: the step under way finishes and
+    the caller checkpoints at the step boundary, so the random stream and the parameters in the checkpoint are
+    exactly those an uninterrupted run has there. A second Ctrl-C interrupts at once, as usual."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is (
+            signal.default_int_handler
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
 def fit(
     trainer: Trainer,
     *,
@@ -96,8 +126,12 @@ def fit(
         >>> result.reward_evaluations
         25600
     """
-    if isinstance(steps, bool) or int(steps) < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"steps must be a whole number >= 0, got {steps!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be a whole number, got {seed!r}")
+    if checkpoint_dir is not None and Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
+        raise ValueError(f"checkpoint_dir {checkpoint_dir} is a file, not a folder")
     if int(log_every) < 1:
         raise ValueError(f"log_every must be >= 1, got {log_every}")
     if int(checkpoint_every) < 0:
@@ -186,22 +220,28 @@ def fit(
     step = start_step
     bar = tqdm(total=steps, initial=start_step, desc=trainer.method, disable=None if progress else True, leave=False)
     # (disable=None: bars only on a terminal, never as megabytes of carriage returns in a log file)
+    interrupted = _DeferredInterrupt()
     try:
-        while step < steps:
-            t0 = time.perf_counter()
-            stats = trainer.reduce_stats(trainer.step())
-            wall += time.perf_counter() - t0
-            step += 1
-            bar.update(1)
-            if step % log_every == 0 or step == steps:
-                row = log(step, stats)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items() if isinstance(v, float)}, refresh=False)
-                if stop is not None and stop(row):
-                    break
-            if checkpoint_every and step % checkpoint_every == 0:
-                save(step)
+        with interrupted:
+            while step < steps and not interrupted.requested:
+                t0 = time.perf_counter()
+                stats = trainer.reduce_stats(trainer.step())
+                wall += time.perf_counter() - t0
+                step += 1
+                bar.update(1)
+                if step % log_every == 0 or step == steps:
+                    row = log(step, stats)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items() if isinstance(v, float)}, refresh=False)
+                    if stop is not None and stop(row):
+                        break
+                if checkpoint_every and step % checkpoint_every == 0:
+                    save(step)
+        if interrupted.requested:  # Ctrl-C during a step: that step finished, so the checkpoint resumes exactly
+            save(step)
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
-        save(step)
+        if not interrupted.requested:  # interrupted outside the deferral (a worker thread, a second Ctrl-C)
+            save(step)
         raise
     finally:
         bar.close()
