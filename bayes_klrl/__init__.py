@@ -25,9 +25,12 @@ from .exact import (
     exact_posterior,
     policy_metrics,
 )
+from .infer.bounds import KLBracket, LogZBounds, exact_posterior_draws, kl_bracket, log_z_bounds
 from .infer.importance import ImportanceResult, importance_sample, policy_diagnostics
 from .infer.mcmc import MCMCResult, run_mcmc
+from .infer.smc import SMCResult, smc
 from .infer.svi import SVITrainer, gradient_variance
+from .infer.twists import TwistTrainer, exact_twist, learned_twist
 from .lm import AutoregressiveLM, CategoricalLM, MarkovLM, TabularPolicy
 from .lm.hf import HFCausalLM, LoRASettings
 from .methods import METHODS, Method, MethodResult, Row, make_trainer, register
@@ -41,6 +44,16 @@ from .training import FitResult, OptimizerSettings, Trainer, fit
 __version__ = "0.1.0"
 
 __all__ = [
+    "KLBracket",
+    "LogZBounds",
+    "SMCResult",
+    "TwistTrainer",
+    "exact_posterior_draws",
+    "exact_twist",
+    "kl_bracket",
+    "learned_twist",
+    "log_z_bounds",
+    "smc",
     "METHODS",
     "PRESETS",
     "AutoregressiveLM",
