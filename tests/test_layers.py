@@ -17,7 +17,7 @@ ROOT = Path(bayes_klrl.__file__).parent
 #: each module's floor, bottom first; a module imports only from its own floor or below (the longest matching
 #: prefix decides, so ``lm.smollm2`` sits above the rest of ``lm``)
 LAYERS = (
-    ("sequences", "storage", "config", "estimators", "lm.base"),
+    ("sequences", "storage", "config", "estimators", "lm.base", "_arviz"),
     ("lm",),
     ("lm.smollm2", "task", "tasks"),
     ("samples", "model", "exact", "modelfile"),
