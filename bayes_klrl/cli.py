@@ -277,7 +277,7 @@ def unused_option_notes(config, given: dict) -> list[str]:
         if not set(readers[option]) & set(config.methods):
             shown = "every trained method" if set(readers[option]) == set(trained) else ", ".join(readers[option])
             notes.append(f"note: {flag} applies to {shown}, none of which is in --methods; ignored")
-        elif ignoring:
+        elif ignoring and set(readers[option]) <= set(trained):  # a sampler's option (--particles): no note
             notes.append(f"note: {flag} is not an option of {', '.join(ignoring)}, which ignore(s) it")
     return notes
 

@@ -25,6 +25,7 @@ def test_smc_row_and_brackets_on_an_enumerable_task(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "log Z bounds (smc) and KL brackets" in printed
+    assert "--particles is not an option" not in printed  # a sampler's option: the trained methods need no note
     metrics = json.loads((out / "metrics.json").read_text())
     rows = {row["method"]: row for row in metrics["methods"]}
     log_z = metrics["exact"]["log_z"]
