@@ -13,10 +13,10 @@ from ..diagnostics import smc_inference_data
 from ..infer.bounds import NoExactDraws, exact_posterior_draws, kl_bracket, log_z_bounds
 from ..infer.twists import PolicyTwist, TwistTrainer, ZeroTwist, exact_twist, learned_twist
 from ..task import Task
-from ..training import fit
 from .registry import Method
 from .row import MONTE_CARLO, MethodResult, Row, RunContext
 from .samplers import _tv_to_posterior
+from .trained import fit_in_context
 
 __all__ = ["SMCMethod", "bracket_rows"]
 
@@ -56,29 +56,8 @@ class SMCMethod(Method):
         if config.twist == "policy":
             return PolicyTwist(context.fits[config.twist_policy].policy), 0
         twist = learned_twist(task, config.policy)
-        checkpoint_dir = context.checkpoint_dir / "smc_twist" if context.checkpoint_dir is not None else None
         trainer = TwistTrainer(task, twist, config.num_sequences, lr=config.twist_lr)
-        result = fit(
-            trainer,
-            steps=config.twist_steps,
-            seed=config.seed,
-            log_every=config.log_every,
-            progress=context.progress,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every=config.checkpoint_every,
-            resume=config.resume and checkpoint_dir is not None and (checkpoint_dir / "checkpoint.pt").exists(),
-            settings={
-                "task": task.name,
-                "beta": task.beta,
-                "length": task.length,
-                "vocab_size": task.vocab_size,
-                "task_fingerprint": task.fingerprint(),
-                "num_sequences": config.num_sequences,
-                "lr": config.twist_lr,
-                "seed": config.seed,
-                "policy": config.policy,
-            },
-        )
+        result = fit_in_context(trainer, context, "smc_twist", steps=config.twist_steps, lr=config.twist_lr)
         return twist, result.reward_evaluations
 
     def run(self, context: RunContext) -> MethodResult:

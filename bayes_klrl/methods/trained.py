@@ -63,6 +63,39 @@ def score_policy(
 # trained methods
 
 
+def fit_in_context(
+    trainer, context: RunContext, name: str, *, steps: int, lr: float, settings: dict | None = None, evaluate=None
+):
+    """:func:`~bayes_klrl.training.fit` a trainer of a comparison: checkpoints in ``<checkpoint_dir>/<name>``,
+    resumed when asked and one is there, and the run's defining settings (the task and its fingerprint, batch,
+    ``lr``, seed, policy kind, and ``settings``) recorded, so a resume with others is refused."""
+    task, config = context.task, context.config
+    checkpoint_dir = context.checkpoint_dir / name if context.checkpoint_dir is not None else None
+    return fit(
+        trainer,
+        steps=steps,
+        seed=config.seed,
+        log_every=config.log_every,
+        evaluate=evaluate,
+        progress=context.progress,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=config.checkpoint_every,
+        resume=config.resume and checkpoint_dir is not None and (checkpoint_dir / "checkpoint.pt").exists(),
+        settings={
+            "task": task.name,
+            "beta": task.beta,
+            "length": task.length,
+            "vocab_size": task.vocab_size,
+            "task_fingerprint": task.fingerprint(),
+            "num_sequences": config.num_sequences,
+            "lr": lr,
+            "seed": config.seed,
+            "policy": config.policy,
+            **(settings or {}),
+        },
+    )
+
+
 @dataclass(frozen=True)
 class TrainedMethod(Method):
     """A method that trains a policy with a :class:`~bayes_klrl.training.Trainer`.
@@ -123,29 +156,14 @@ class TrainedMethod(Method):
                 "expected_reward": m.expected_reward,
             }
 
-        checkpoint_dir = context.checkpoint_dir / self.name if context.checkpoint_dir is not None else None
-        result = fit(
+        result = fit_in_context(
             trainer,
+            context,
+            self.name,
             steps=config.steps,
-            seed=config.seed,
-            log_every=config.log_every,
+            lr=config.lr,
+            settings=settings,
             evaluate=evaluate if posterior is not None else None,
-            progress=context.progress,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every=config.checkpoint_every,
-            resume=config.resume and checkpoint_dir is not None and (checkpoint_dir / "checkpoint.pt").exists(),
-            settings={
-                "task": task.name,
-                "beta": task.beta,
-                "length": task.length,
-                "vocab_size": task.vocab_size,
-                "task_fingerprint": task.fingerprint(),
-                "num_sequences": config.num_sequences,
-                "lr": config.lr,
-                "seed": config.seed,
-                "policy": config.policy,
-                **settings,
-            },
         )
         columns, imp = score_policy(
             task,
