@@ -256,7 +256,7 @@ def _run(task, n, k, twist, proposal, resample_threshold, resampling, reference,
     log_w = torch.zeros(k, n, dtype=torch.float64, device=device)  # since the last resampling
     log_z = torch.zeros(k, dtype=torch.float64, device=device)
     resampled = torch.zeros(k, dtype=torch.long, device=device)
-    increments = torch.zeros(b, length, dtype=torch.float64, device=device)
+    increments = torch.zeros(b, length, dtype=torch.float64, device=device)  # dropped at the first resampling
     for t in range(length):
         lp = torch.log_softmax(prior_logits.double(), -1)  # log π0(· | x<t), (B, V)
         psi = psi.detach().double()
@@ -276,14 +276,16 @@ def _run(task, n, k, twist, proposal, resample_threshold, resampling, reference,
         else:
             step_w = _minus(lp_x + psi_x - lq.gather(-1, x_t[:, None]).squeeze(-1), psi_before)
         step_w = torch.where(torch.isneginf(psi_x), torch.full_like(step_w, -math.inf), step_w)
-        increments[:, t] = step_w
+        if increments is not None:
+            increments[:, t] = step_w
         log_w += step_w.view(k, n)
         psi_before = psi_x
         if t + 1 == length:
             break
         index = _resample(log_w, log_z, resampled, resample_threshold, resampling, conditional, generator)
         if index is not None:
-            tokens, log_prior, psi_before, increments = (v[index] for v in (tokens, log_prior, psi_before, increments))
+            tokens, log_prior, psi_before = (v[index] for v in (tokens, log_prior, psi_before))
+            increments = None  # only a run that never resampled reports them: no need to carry them along
             x_t = tokens[:, t]
             prior_state = prior.select_state(prior_state, index)
             twist_state = twist.select_state(twist_state, index)
@@ -302,7 +304,6 @@ def _run(task, n, k, twist, proposal, resample_threshold, resampling, reference,
     ess = torch.where(
         torch.isfinite(total), torch.exp(2 * total - torch.logsumexp(2 * log_w, -1)) / n, torch.zeros_like(total)
     )
-    never = bool((resampled == 0).all())
     return SMCResult(
         log_z=log_z.cpu(),
         tokens=tokens.view(k, n, length).cpu(),
@@ -312,8 +313,8 @@ def _run(task, n, k, twist, proposal, resample_threshold, resampling, reference,
         ess=ess.cpu(),
         resampling_steps=resampled.cpu(),
         conditional=conditional,
-        increments=increments.view(k, n, length).cpu() if never else None,
-        terminal=terminal.view(k, n).cpu() if never else None,
+        increments=increments.view(k, n, length).cpu() if increments is not None else None,
+        terminal=terminal.view(k, n).cpu() if increments is not None else None,
         reward_evaluations=b,
     )
 
